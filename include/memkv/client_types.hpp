@@ -1,0 +1,78 @@
+// SPDX-License-Identifier: Apache-2.0
+// The value types of memkv::client's API: operations, their options and their results.
+#pragma once
+
+#include <memkv/auth/key_ring.hpp>
+#include <memkv/protocol/limits.hpp>
+#include <memkv/result.hpp>
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+namespace memkv {
+
+/// Client configuration. Empty `servers` reads MEMKV_SERVERS (comma-separated); no `key` reads
+/// MEMKV_AUTH_KEY / MEMKV_AUTH_KEY_FILE (the first entry is used).
+struct client_config {
+    std::vector<std::string> servers;
+    std::optional<auth::key_entry> key;
+    /// Prepended to every key (e.g. a model and layout fingerprint), so that two models sharing
+    /// a cluster never read each other's blocks. Part of the namespaced key that is hashed.
+    std::string key_prefix;
+    std::chrono::milliseconds connect_timeout{2000};
+    std::chrono::milliseconds request_timeout{10000};
+    protocol::limits limits{};
+    /// Verify the CRC32C of every payload frame received (GET). On by default.
+    bool verify_checksums = true;
+    /// Requests in flight per client; submission waits beyond it.
+    std::size_t max_inflight = 8192;
+    /// Payload bytes per frame this client sends.
+    std::uint32_t chunk_size = protocol::default_chunk;
+};
+
+/// Options of a put.
+struct put_options {
+    std::span<const std::byte> meta{}; ///< up to 256 bytes stored with the value
+    bool if_absent = false;           ///< do nothing if the key exists (reported as success)
+    bool durable = false;             ///< acknowledge only after a flush
+    bool pin = false;                 ///< ask the server not to evict it (best effort)
+    std::uint32_t ttl_seconds = 0;    ///< 0 = no expiry
+};
+
+/// Kinds of operations in a batch.
+enum class op_kind : std::uint8_t { put, get, del, exists };
+
+/// One operation of an asynchronous batch. The caller owns every buffer it points at and keeps
+/// it valid and untouched until the batch completes.
+struct operation {
+    op_kind kind = op_kind::get;
+    std::string key;
+    // put
+    std::span<const std::byte> value{};
+    put_options options{};
+    // get: the value lands in `fragments` in order (scatter); if none are given it is stored in
+    // `data`. `offset`/`length` select a byte range (length 0 = to the end).
+    std::vector<std::span<std::byte>> fragments{};
+    std::uint64_t offset = 0, length = 0;
+
+    // results
+    std::error_code status{};          ///< success, errc::not_found (miss), or the error
+    std::uint64_t size = 0;            ///< get: bytes returned; exists: value size
+    std::uint64_t value_size = 0;      ///< get: the stored value's total size
+    std::vector<std::byte> data{};     ///< get without fragments: the bytes
+    std::vector<std::byte> meta_out{}; ///< get/exists: the value's metadata
+    bool exists = false;               ///< exists: present
+};
+
+/// Counters of one server as seen by the client.
+struct server_stats_entry {
+    std::string name;
+    std::uint64_t value = 0;
+};
+
+} // namespace memkv

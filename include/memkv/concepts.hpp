@@ -1,0 +1,131 @@
+// SPDX-License-Identifier: Apache-2.0
+// The two policy concepts memkv's server is composed from: transport and store.
+#pragma once
+
+#include <memkv/result.hpp>
+
+#include <sys/uio.h>
+
+#include <chrono>
+#include <concepts>
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <string_view>
+
+namespace memkv {
+
+/// Handshake identifiers of the transports (the `transport` byte of the hello message).
+enum class transport_kind : std::uint8_t { tcp = 1, unix_socket = 2, shm = 3, rdma = 4 };
+
+/// The name of a transport kind as MEMKV_TRANSPORT spells it.
+constexpr std::string_view transport_name(transport_kind k) noexcept {
+    switch (k) {
+    case transport_kind::tcp: return "tcp";
+    case transport_kind::unix_socket: return "unix";
+    case transport_kind::shm: return "shm";
+    case transport_kind::rdma: return "rdma";
+    }
+    return "?";
+}
+
+// clang-format off
+/// @brief A transport: how a client reaches a server, and how payload bytes move.
+///
+/// The control channel is always a framed, authenticated byte stream (`T::stream`); transports
+/// differ in how payload bytes travel. `T::payload_inline` is true when payloads travel on the
+/// stream itself after their frame (TCP, Unix sockets); otherwise the frame body carries a remote
+/// reference and the server pulls/pushes the bytes (shm, RDMA).
+///
+/// Rules the compiler cannot check:
+///  1. `parse` accepts the transport's own endpoint syntax ("host:port", "unix:/path") and rejects
+///     everything else with errc::invalid_argument, so that transport_set can try its members.
+///  2. `listen` and `connect` return non-blocking objects; `accept`, `read_some`, `readv_some` and
+///     `writev_some` never block: errc::retry means "nothing now, wait for readiness on fd()".
+///  3. `read_some`/`readv_some` return errc::closed at end of stream; a short count is normal.
+///  4. `connect` gives up after its timeout with errc::timed_out or errc::unavailable.
+///  5. `fd()` is valid for epoll (EPOLLIN/EPOLLOUT) until the object is destroyed or closed.
+///  6. A stream is used by one thread at a time; moving it to another thread is allowed.
+///  7. `is_loopback(endpoint)` is true only if no other host can reach the endpoint; a server
+///     refuses to listen elsewhere without a key.
+///
+/// @code
+/// auto ep = memkv::tcp_transport::parse("127.0.0.1:9900");
+/// auto s = memkv::tcp_transport::connect(*ep, std::chrono::seconds(1));
+/// @endcode
+template <class T>
+concept transport =
+    std::movable<typename T::stream> && std::movable<typename T::listener> &&
+    std::copyable<typename T::endpoint> &&
+    std::same_as<std::remove_cv_t<decltype(T::payload_inline)>, bool> &&
+    std::same_as<std::remove_cv_t<decltype(T::kind)>, transport_kind> &&
+    requires(std::string_view text, const typename T::endpoint& ep, typename T::listener& l,
+             typename T::stream& s, std::span<std::byte> buf, std::span<const iovec> iov,
+             std::chrono::milliseconds timeout) {
+        { T::parse(text) } -> std::same_as<result<typename T::endpoint>>;
+        { T::is_loopback(ep) } -> std::same_as<bool>;
+        { T::to_string(ep) } -> std::same_as<std::string>;
+        { T::listen(ep) } -> std::same_as<result<typename T::listener>>;
+        { T::connect(ep, timeout) } -> std::same_as<result<typename T::stream>>;
+        { l.fd() } -> std::same_as<int>;
+        { l.accept() } -> std::same_as<result<typename T::stream>>;
+        { l.local_endpoint() } -> std::same_as<std::string>;
+        { s.fd() } -> std::same_as<int>;
+        { s.kind() } -> std::same_as<transport_kind>;
+        { s.peer() } -> std::same_as<std::string>;
+        { s.read_some(buf) } -> std::same_as<result<std::size_t>>;
+        { s.readv_some(iov) } -> std::same_as<result<std::size_t>>;
+        { s.writev_some(iov) } -> std::same_as<result<std::size_t>>;
+        { s.close() } -> std::same_as<void>;
+    };
+
+/// A finished store operation: the `tag` given at submission and the kernel-style result
+/// (bytes transferred, 0 for flush/discard, or -errno).
+struct io_completion {
+    std::uint64_t tag = 0;
+    std::int64_t res = 0;
+};
+
+/// @brief A store: a device with asynchronous, aligned I/O. It knows nothing about keys; regions,
+/// the index, versions and eviction live in the storage engine above it (storage/engine.hpp).
+///
+/// Rules the compiler cannot check:
+///  1. Offsets and lengths of `read`, `write` and `discard` are multiples of `block_size()`, and
+///     buffers are aligned to it; otherwise the call fails with errc::bad_alignment and submits
+///     nothing.
+///  2. A successful submission produces exactly one io_completion with its tag, later, from
+///     `poll`; a failed submission produces none.
+///  3. Buffers are borrowed: they must stay valid and unmodified until their completion is polled.
+///  4. `flush` completes only after every write that completed before it was submitted is
+///     durable (fdatasync / FUA semantics).
+///  5. `discard` (TRIM, punch hole) may or may not zero the range; nothing may rely on either.
+///  6. `notify_fd()` is a descriptor that becomes readable when completions are pending, or -1
+///     when the store completes every operation before submission returns (memory_store).
+///  7. A store object is used by one thread at a time.
+///
+/// @code
+/// auto s = memkv::memory_store::create({.capacity = 1 << 30});
+/// s->write(0, buffer, /*tag=*/7);
+/// memkv::io_completion c[8];
+/// auto n = s->poll(c);  // c[0].tag == 7, c[0].res == buffer.size()
+/// @endcode
+template <class S>
+concept store =
+    std::movable<S> &&
+    requires(S& s, const S& cs, const typename S::config& cfg, std::uint64_t offset,
+             std::uint64_t length, std::span<std::byte> buf, std::span<const std::byte> cbuf,
+             std::uint64_t tag, std::span<io_completion> out) {
+        { S::create(cfg) } -> std::same_as<result<S>>;
+        { cs.block_size() } -> std::same_as<std::uint32_t>;
+        { cs.capacity() } -> std::same_as<std::uint64_t>;
+        { s.read(offset, buf, tag) } -> std::same_as<result<void>>;
+        { s.write(offset, cbuf, tag) } -> std::same_as<result<void>>;
+        { s.flush(tag) } -> std::same_as<result<void>>;
+        { s.discard(offset, length, tag) } -> std::same_as<result<void>>;
+        { s.poll(out) } -> std::same_as<std::size_t>;
+        { cs.notify_fd() } -> std::same_as<int>;
+    };
+// clang-format on
+
+} // namespace memkv

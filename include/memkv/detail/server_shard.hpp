@@ -1,0 +1,974 @@
+// SPDX-License-Identifier: Apache-2.0
+// One shard of memkv::server: a thread with its epoll loop, connections, storage engine, store
+// and bounce buffers. Nothing here is shared with other shards except the inbox and counters.
+#pragma once
+
+#include <memkv/checksum.hpp>
+#include <memkv/concepts.hpp>
+#include <memkv/detail/buffer_pool.hpp>
+#include <memkv/detail/frame_channel.hpp>
+#include <memkv/detail/handshake_io.hpp>
+#include <memkv/detail/shard_counters.hpp>
+#include <memkv/detail/socket.hpp>
+#include <memkv/protocol/messages.hpp>
+#include <memkv/protocol/placement.hpp>
+#include <memkv/server_config.hpp>
+#include <memkv/storage/engine.hpp>
+
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+
+#include <atomic>
+#include <cstring>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <unordered_map>
+#include <vector>
+
+namespace memkv::detail {
+
+/// A connection handed from the acceptor to its shard after handshake and attach.
+template <class Stream>
+struct attached_connection {
+    frame_channel<Stream> channel;
+    std::string tenant;
+    std::uint64_t attach_request_id = 0;
+};
+
+template <transport Transport, store Store>
+class server_shard {
+    using stream_type = typename Transport::stream;
+    using channel_type = frame_channel<stream_type>;
+
+public:
+    server_shard(std::uint32_t index, std::uint32_t count, const server_config& cfg, Store store,
+                 storage::engine eng, buffer_pool pool, shard_counters& counters)
+        : index_(index), count_(count), cfg_(cfg), store_(std::move(store)), engine_(std::move(eng)),
+          pool_(std::move(pool)), counters_(counters) {}
+
+    server_shard(const server_shard&) = delete;
+    server_shard& operator=(const server_shard&) = delete;
+
+    result<void> init() noexcept {
+        epoll_.reset(::epoll_create1(EPOLL_CLOEXEC));
+        wake_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+        if (!epoll_ || !wake_) return errno_code(errno);
+        MEMKV_TRY(add_fd(wake_.get(), EPOLLIN, wake_tag));
+        if (store_.notify_fd() >= 0) MEMKV_TRY(add_fd(store_.notify_fd(), EPOLLIN, store_tag));
+        return {};
+    }
+
+    /// Hands a connection to this shard (any thread). The shard replies to its attach.
+    void adopt(std::unique_ptr<attached_connection<stream_type>> c) {
+        {
+            std::lock_guard lock(inbox_mutex_);
+            inbox_.push_back(std::move(c));
+        }
+        wake();
+    }
+
+    /// Asks the loop to drain and return (any thread).
+    void request_stop() noexcept {
+        stopping_.store(true, std::memory_order_release);
+        wake();
+    }
+
+    std::uint32_t index() const noexcept { return index_; }
+    const buffer_pool& pool() const noexcept { return pool_; }
+
+    /// The shard's loop; returns after request_stop() once in-flight work is done or the drain
+    /// timeout passed.
+    void run() noexcept {
+        epoll_event events[64];
+        clock::time_point drain_deadline{};
+        for (;;) {
+            const bool stopping = stopping_.load(std::memory_order_acquire);
+            if (stopping && drain_deadline == clock::time_point{}) {
+                drain_deadline = clock::now() + cfg_.drain_timeout;
+                for (auto& [id, c] : conns_) c->draining = true, mark(*c);
+            }
+            if (stopping && (idle() || clock::now() >= drain_deadline)) break;
+            update_interest();
+            const int timeout = stopping ? 10 : 1000;
+            int n = ::epoll_wait(epoll_.get(), events, 64, timeout);
+            for (int i = 0; i < n; ++i) on_event(events[i]);
+            drain_store();
+            publish_gauges();
+        }
+        while (!conns_.empty()) close_connection(conns_.begin()->first);
+        drain_store();
+        publish_gauges();
+    }
+
+private:
+    static constexpr std::uint64_t wake_tag = ~0ull;
+    static constexpr std::uint64_t store_tag = ~0ull - 1;
+
+    struct connection;
+
+    /// A PUT receiving its value: bytes land in pool buffers, full buffers are written.
+    struct put_op {
+        std::uint64_t conn_id = 0, id = 0;
+        storage::put_ticket ticket;
+        std::string meta;
+        std::uint16_t flags = 0;
+        std::uint64_t expires_ms = 0;
+        std::uint64_t received = 0;   // value bytes received so far
+        std::byte* buf = nullptr;     // buffer being filled
+        std::size_t fill = 0;         // bytes in buf
+        std::uint64_t buf_value_off = 0;
+        std::byte* next = nullptr;    // second buffer of a frame that straddles two
+        unsigned writes = 0;          // store writes in flight (+ a flush)
+        std::error_code failed;
+        std::vector<std::uint32_t> crcs;
+        std::uint32_t crc = 0;        // running CRC of the current crc chunk
+        std::uint64_t crc_len = 0;
+        bool flushing = false;
+    };
+
+    /// A GET streaming its range: pieces are read into buffers and sent in offset order.
+    struct get_op {
+        std::uint64_t conn_id = 0, id = 0;
+        storage::index_entry entry;  // copy: the index may change while we stream
+        std::uint64_t range_off = 0, range_len = 0;
+        std::uint64_t next_piece = 0, end_piece = 0; // pieces to read [next, end)
+        struct piece {
+            std::uint64_t index = 0;
+            std::byte* buf = nullptr;
+            bool ready = false;
+        };
+        std::deque<piece> pieces; // in piece order
+        unsigned in_store = 0;    // reads in flight
+        unsigned in_channel = 0;  // frames queued on the connection
+        bool header_sent = false;
+        bool finished = false;
+    };
+
+    /// What a store tag or a send token refers to.
+    struct io_ctx {
+        std::shared_ptr<put_op> put;
+        std::shared_ptr<get_op> get;
+        std::byte* buf = nullptr;
+        bool flush = false;
+    };
+
+    struct connection {
+        std::uint64_t id = 0;
+        channel_type ch;
+        std::string tenant;
+        std::uint64_t last_request = 0;
+        std::set<std::uint64_t> pending;                   // requests not yet answered
+        std::unordered_map<std::uint64_t, std::shared_ptr<put_op>> puts; // awaiting payload
+        std::unordered_map<std::uint64_t, std::uint64_t> dropping;       // id -> value_len
+        std::size_t held = 0; // pool buffers held by this connection's requests
+        bool draining = false;
+        bool dirty = false;
+        std::uint32_t interest = 0;
+        server_shard* shard = nullptr;
+
+        connection(std::uint64_t i, channel_type c) : id(i), ch(std::move(c)) {}
+
+        // frame_channel handler interface
+        frame_action on_frame(const protocol::frame_header& h, std::span<const std::byte> body) {
+            return shard->on_frame(*this, h, body);
+        }
+        void on_payload(const protocol::frame_header& h, bool crc_ok) {
+            shard->on_payload(*this, h, crc_ok);
+        }
+    };
+
+    // ---- event loop ------------------------------------------------------------------------
+
+    result<void> add_fd(int fd, std::uint32_t events, std::uint64_t tag) noexcept {
+        epoll_event ev{};
+        ev.events = events;
+        ev.data.u64 = tag;
+        if (::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, fd, &ev) != 0) return errno_code(errno);
+        return {};
+    }
+
+    void wake() noexcept {
+        std::uint64_t one = 1;
+        [[maybe_unused]] auto r = ::write(wake_.get(), &one, sizeof(one));
+    }
+
+    bool idle() const noexcept {
+        for (const auto& [id, c] : conns_)
+            if (!c->pending.empty() || c->ch.want_write()) return false;
+        return inflight_io_.empty();
+    }
+
+    void on_event(const epoll_event& ev) {
+        if (ev.data.u64 == wake_tag) {
+            std::uint64_t v;
+            [[maybe_unused]] auto r = ::read(wake_.get(), &v, sizeof(v));
+            take_inbox();
+            return;
+        }
+        if (ev.data.u64 == store_tag) return; // drain_store() runs after every batch
+        auto it = conns_.find(ev.data.u64);
+        if (it == conns_.end()) return;
+        auto& c = *it->second;
+        if (ev.events & (EPOLLERR | EPOLLHUP)) {
+            if (!(ev.events & EPOLLIN)) return close_connection(c.id);
+        }
+        if (ev.events & EPOLLIN) {
+            if (auto r = c.ch.on_readable(c); !r) return fail_connection(c, r.error());
+            drain_store();
+        }
+        if (ev.events & EPOLLOUT) flush(c);
+        mark(c);
+    }
+
+    void take_inbox() {
+        std::deque<std::unique_ptr<attached_connection<stream_type>>> in;
+        {
+            std::lock_guard lock(inbox_mutex_);
+            in.swap(inbox_);
+        }
+        for (auto& a : in) {
+            const auto id = ++next_conn_id_;
+            auto c = std::make_unique<connection>(id, std::move(a->channel));
+            c->tenant = std::move(a->tenant);
+            c->shard = this;
+            c->last_request = a->attach_request_id;
+            const int fd = c->ch.stream().fd();
+            if (!add_fd(fd, EPOLLIN, id)) continue;
+            c->interest = EPOLLIN;
+            protocol::frame_header r;
+            r.op = static_cast<std::uint8_t>(protocol::opcode::attach) | protocol::reply_bit;
+            r.request_id = a->attach_request_id;
+            c->ch.send(r, {});
+            counters_.connections.fetch_add(1, std::memory_order_relaxed);
+            auto& ref = *c;
+            conns_.emplace(id, std::move(c));
+            // Frames the client sent right after attach may already sit in the staging buffer.
+            if (auto rr = ref.ch.on_readable(ref); !rr) {
+                fail_connection(ref, rr.error());
+                continue;
+            }
+            flush(ref);
+            mark(ref);
+        }
+    }
+
+    void mark(connection& c) {
+        if (!c.dirty) {
+            c.dirty = true;
+            dirty_.push_back(c.id);
+        }
+    }
+
+    /// Sets each touched connection's epoll interest: read unless paused, over its in-flight
+    /// cap or draining; write while frames are queued.
+    void update_interest() {
+        for (auto id : dirty_) {
+            auto it = conns_.find(id);
+            if (it == conns_.end()) continue;
+            auto& c = *it->second;
+            c.dirty = false;
+            if (c.ch.paused()) {
+                if (auto r = c.ch.resume(c); !r) {
+                    fail_connection(c, r.error());
+                    continue;
+                }
+            }
+            const std::size_t inflight = c.held * pool_.buffer_size() + c.ch.queued_bytes();
+            std::uint32_t want = 0;
+            if (!c.ch.paused() && !c.draining && inflight < cfg_.connection_inflight_cap)
+                want |= EPOLLIN;
+            if (c.ch.want_write()) want |= EPOLLOUT;
+            if (want != c.interest) {
+                epoll_event ev{};
+                ev.events = want;
+                ev.data.u64 = c.id;
+                ::epoll_ctl(epoll_.get(), EPOLL_CTL_MOD, c.ch.stream().fd(), &ev);
+                c.interest = want;
+            }
+        }
+        dirty_.clear();
+        // Connections paused for buffers may proceed now that others released some.
+        if (pool_.available() > 0)
+            for (auto& [id, c] : conns_)
+                if (c->ch.paused()) mark(*c);
+    }
+
+    void flush(connection& c) {
+        if (auto r = c.ch.flush(); !r) return fail_connection(c, r.error());
+        for (auto token : c.ch.sent_tokens()) on_sent(token);
+        c.ch.sent_tokens().clear();
+    }
+
+    void fail_connection(connection& c, std::error_code ec) {
+        if (ec == make_error_code(errc::protocol) || ec == make_error_code(errc::too_large))
+            counters_.protocol_errors.fetch_add(1, std::memory_order_relaxed);
+        else if (ec == make_error_code(errc::unauthenticated))
+            counters_.auth_failures.fetch_add(1, std::memory_order_relaxed);
+        close_connection(c.id);
+    }
+
+    void close_connection(std::uint64_t id) {
+        auto it = conns_.find(id);
+        if (it == conns_.end()) return;
+        auto& c = *it->second;
+        ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, c.ch.stream().fd(), nullptr);
+        for (auto& [rid, op] : c.puts) {
+            if (!op->failed) op->failed = make_error_code(errc::closed);
+            if (op->writes == 0) finish_put(op);
+        }
+        c.puts.clear();
+        // Frames queued on the channel die with it: give back the buffers they borrowed.
+        for (auto& [token, ctx] : sent_tokens_)
+            if (ctx.get && ctx.get->conn_id == id) release_piece_buffer(*ctx.get, ctx.buf);
+        std::erase_if(sent_tokens_, [id](const auto& kv) {
+            return kv.second.get && kv.second.get->conn_id == id;
+        });
+        for (auto& g : gets_of(id)) {
+            abandon_get(*g);
+            finish_get(g);
+        }
+        counters_.connections.fetch_sub(1, std::memory_order_relaxed);
+        conns_.erase(it);
+    }
+
+    std::vector<std::shared_ptr<get_op>> gets_of(std::uint64_t conn_id) {
+        std::vector<std::shared_ptr<get_op>> out;
+        for (auto& g : active_gets_)
+            if (g->conn_id == conn_id) out.push_back(g);
+        return out;
+    }
+
+    connection* find_conn(std::uint64_t id) {
+        auto it = conns_.find(id);
+        return it == conns_.end() ? nullptr : it->second.get();
+    }
+
+    void publish_gauges() noexcept {
+        counters_.pool_high_water.store(pool_.high_water(), std::memory_order_relaxed);
+        counters_.pool_in_use.store(pool_.capacity() - pool_.available(),
+                                    std::memory_order_relaxed);
+        const auto s = engine_.stats();
+        counters_.entries.store(s.entries, std::memory_order_relaxed);
+        counters_.used_bytes.store(s.used_bytes, std::memory_order_relaxed);
+        counters_.evicted_regions.store(s.evicted_regions, std::memory_order_relaxed);
+    }
+
+    // ---- replies ----------------------------------------------------------------------------
+
+    static std::uint64_t now_ms() noexcept {
+        return static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                              clock::now().time_since_epoch())
+                                              .count());
+    }
+
+    protocol::frame_header reply_header(protocol::opcode op, std::uint64_t id,
+                                        std::error_code status = {}) const noexcept {
+        protocol::frame_header r;
+        r.op = static_cast<std::uint8_t>(op) | protocol::reply_bit;
+        r.request_id = id;
+        r.aux = status_code(status);
+        return r;
+    }
+
+    static std::uint32_t status_code(std::error_code ec) noexcept {
+        if (!ec) return 0;
+        if (ec.category() == error_category()) return static_cast<std::uint32_t>(ec.value());
+        return static_cast<std::uint32_t>(errc::internal);
+    }
+
+    /// Records that request `id` is answered (for ordering and in-flight counters).
+    void answered(connection& c, std::uint64_t id) {
+        auto it = c.pending.find(id);
+        if (it == c.pending.end()) return;
+        if (it != c.pending.begin())
+            counters_.out_of_order_replies.fetch_add(1, std::memory_order_relaxed);
+        c.pending.erase(it);
+    }
+
+    void reply(connection& c, protocol::opcode op, std::uint64_t id, std::error_code status,
+               std::vector<std::byte> body = {}) {
+        c.ch.send(reply_header(op, id, status), std::move(body));
+        answered(c, id);
+        mark(c);
+    }
+
+    // ---- requests ---------------------------------------------------------------------------
+
+    /// Starts tracking request `id`; ids must grow on a connection (never reused).
+    bool begin_request(connection& c, std::uint64_t id) {
+        if (id <= c.last_request) return false;
+        c.last_request = id;
+        c.pending.insert(id);
+        const auto depth = c.pending.size();
+        auto& hw = counters_.max_pipeline_depth;
+        if (depth > hw.load(std::memory_order_relaxed))
+            hw.store(depth, std::memory_order_relaxed);
+        counters_.requests.fetch_add(1, std::memory_order_relaxed);
+        return true;
+    }
+
+    bool owns(std::span<const std::byte> key) const noexcept {
+        return shard_for(key_hash(key), count_) == index_;
+    }
+
+    frame_action on_frame(connection& c, const protocol::frame_header& h,
+                          std::span<const std::byte> body) {
+        using protocol::opcode;
+        if (h.is_reply()) return protocol_error(c);
+        switch (h.code()) {
+        case opcode::ping:
+            if (!begin_request(c, h.request_id) || h.body_len || h.payload_len)
+                return protocol_error(c);
+            reply(c, opcode::ping, h.request_id, {});
+            return frame_action::discard;
+        case opcode::stats:
+            if (!begin_request(c, h.request_id) || h.body_len || h.payload_len)
+                return protocol_error(c);
+            reply(c, opcode::stats, h.request_id, {}, stats_body_());
+            return frame_action::discard;
+        case opcode::get:
+        case opcode::del: {
+            if (h.payload_len || !begin_request(c, h.request_id)) return protocol_error(c);
+            auto km = protocol::split_key_meta(h, body, cfg_.limits);
+            if (!km) return protocol_error(c);
+            if (h.code() == opcode::get) start_get(c, h.request_id, km->key, h.offset, h.length);
+            else do_del(c, h.request_id, km->key);
+            return frame_action::discard;
+        }
+        case opcode::exists:
+            if (h.payload_len || !begin_request(c, h.request_id)) return protocol_error(c);
+            do_exists(c, h, body);
+            return frame_action::discard;
+        case opcode::put: {
+            // A put paused for buffers is dispatched again on resume: start it only once.
+            if (!c.puts.contains(h.request_id)) {
+                if (!begin_request(c, h.request_id)) return protocol_error(c);
+                auto km = protocol::split_key_meta(h, body, cfg_.limits);
+                if (!km || h.offset != 0) return protocol_error(c);
+                start_put(c, h.request_id, km->key, km->meta, h.flags, h.value_len, h.length);
+            }
+            return data_target(c, h.request_id, h.offset, h.payload_len);
+        }
+        case opcode::batch: {
+            if (h.payload_len) return protocol_error(c);
+            auto subs = protocol::decode_batch(h, body, cfg_.limits);
+            if (!subs) return protocol_error(c);
+            counters_.batches.fetch_add(1, std::memory_order_relaxed);
+            for (const auto& s : *subs) {
+                if (!begin_request(c, s.id)) return protocol_error(c);
+                switch (s.op) {
+                case opcode::put:
+                    start_put(c, s.id, s.key, s.meta, s.flags, s.value_len, s.length);
+                    break;
+                case opcode::get: start_get(c, s.id, s.key, s.offset, s.length); break;
+                case opcode::del: do_del(c, s.id, s.key); break;
+                default: return protocol_error(c);
+                }
+            }
+            return frame_action::discard;
+        }
+        case opcode::data:
+            if (h.body_len) return protocol_error(c);
+            return data_target(c, h.request_id, h.offset, h.payload_len);
+        case opcode::attach: return protocol_error(c);
+        }
+        return protocol_error(c);
+    }
+
+    frame_action protocol_error(connection& c) {
+        // The channel has no way to report this from on_frame; flag and let the loop close it.
+        counters_.protocol_errors.fetch_add(1, std::memory_order_relaxed);
+        c.draining = true;
+        c.ch.stream().close();
+        doomed_.push_back(c.id);
+        return frame_action::pause;
+    }
+
+    void do_del(connection& c, std::uint64_t id, std::span<const std::byte> key) {
+        counters_.dels.fetch_add(1, std::memory_order_relaxed);
+        if (!owns(key)) return wrong_shard(c, protocol::opcode::del, id);
+        auto r = engine_.erase(storage::index_key(c.tenant, key));
+        reply(c, protocol::opcode::del, id, r ? std::error_code{} : r.error());
+    }
+
+    void wrong_shard(connection& c, protocol::opcode op, std::uint64_t id) {
+        counters_.wrong_shard.fetch_add(1, std::memory_order_relaxed);
+        reply(c, op, id, make_error_code(errc::wrong_shard));
+    }
+
+    void do_exists(connection& c, const protocol::frame_header& h, std::span<const std::byte> body) {
+        auto keys = protocol::decode_exists_request(h, body, cfg_.limits);
+        if (!keys) return reply(c, protocol::opcode::exists, h.request_id, keys.error());
+        protocol::exists_reply r;
+        const bool sizes = h.flags & protocol::flags::want_sizes;
+        const bool metas = h.flags & protocol::flags::want_meta;
+        const auto now = now_ms();
+        std::vector<std::string> meta_store; // keeps metadata alive while encoding
+        for (const auto& k : *keys) {
+            if (!owns(k)) return wrong_shard(c, protocol::opcode::exists, h.request_id);
+            const auto* e = engine_.find(storage::index_key(c.tenant, k), now);
+            r.present.push_back(e != nullptr);
+            if (sizes) r.sizes.push_back(e ? e->value_len : 0);
+            if (metas) meta_store.push_back(e ? e->meta : std::string());
+        }
+        for (const auto& m : meta_store)
+            r.meta.push_back(std::as_bytes(std::span(m.data(), m.size())));
+        counters_.exists_keys.fetch_add(keys->size(), std::memory_order_relaxed);
+        reply(c, protocol::opcode::exists, h.request_id, {},
+              protocol::encode_exists_reply(r, h.flags));
+    }
+
+    // ---- put --------------------------------------------------------------------------------
+
+    void start_put(connection& c, std::uint64_t id, std::span<const std::byte> key,
+                   std::span<const std::byte> meta, std::uint16_t flags, std::uint64_t value_len,
+                   std::uint64_t ttl_s) {
+        counters_.puts.fetch_add(1, std::memory_order_relaxed);
+        std::error_code refuse;
+        if (!owns(key)) {
+            refuse = make_error_code(errc::wrong_shard);
+            counters_.wrong_shard.fetch_add(1, std::memory_order_relaxed);
+        }
+        std::optional<storage::put_ticket> ticket;
+        if (!refuse) {
+            auto t = engine_.reserve(storage::index_key(c.tenant, key), value_len,
+                                     flags & protocol::flags::if_absent, now_ms());
+            if (t) ticket = std::move(*t);
+            else refuse = t.error();
+        }
+        if (refuse) {
+            if (refuse == make_error_code(errc::exists))
+                counters_.put_if_absent_hits.fetch_add(1, std::memory_order_relaxed);
+            if (value_len > 0) c.dropping[id] = value_len;
+            reply(c, protocol::opcode::put, id, refuse);
+            return;
+        }
+        auto op = std::make_shared<put_op>();
+        op->conn_id = c.id;
+        op->id = id;
+        op->ticket = std::move(*ticket);
+        op->meta.assign(reinterpret_cast<const char*>(meta.data()), meta.size());
+        op->flags = flags;
+        op->expires_ms = ttl_s ? now_ms() + ttl_s * 1000 : 0;
+        if (value_len == 0) return complete_put(op);
+        c.puts.emplace(id, std::move(op));
+    }
+
+    /// Chooses where the payload of a put or data frame goes: the put's buffers, nowhere (a
+    /// refused put), or pause until buffers are free.
+    frame_action data_target(connection& c, std::uint64_t id, std::uint64_t offset,
+                             std::uint32_t len) {
+        if (len == 0) return frame_action::discard;
+        if (auto d = c.dropping.find(id); d != c.dropping.end()) {
+            if (offset + len >= d->second) c.dropping.erase(d);
+            return frame_action::discard;
+        }
+        auto it = c.puts.find(id);
+        if (it == c.puts.end()) return protocol_error(c);
+        auto& op = *it->second;
+        if (offset != op.received || offset + len > op.ticket.value_len) return protocol_error(c);
+        const std::size_t bsize = pool_.buffer_size();
+        if (!op.buf) {
+            op.buf = pool_.acquire();
+            if (!op.buf) return frame_action::pause;
+            ++c.held;
+            op.fill = 0;
+            op.buf_value_off = op.received;
+        }
+        auto& iov = c.ch.payload_target();
+        const std::size_t room = bsize - op.fill;
+        if (len <= room) {
+            iov.push_back({op.buf + op.fill, len});
+        } else {
+            op.next = pool_.acquire();
+            if (!op.next) return frame_action::pause;
+            ++c.held;
+            iov.push_back({op.buf + op.fill, room});
+            iov.push_back({op.next, len - room});
+        }
+        return frame_action::accept;
+    }
+
+    void on_payload(connection& c, const protocol::frame_header& h, bool crc_ok) {
+        auto it = c.puts.find(h.request_id);
+        if (it == c.puts.end()) return;
+        auto op = it->second;
+        if (!crc_ok) {
+            counters_.checksum_errors.fetch_add(1, std::memory_order_relaxed);
+            if (!op->failed) op->failed = make_error_code(errc::checksum);
+        }
+        const std::size_t bsize = pool_.buffer_size();
+        std::size_t len = h.payload_len;
+        const std::size_t first = std::min(len, bsize - op->fill);
+        account_crc(*op, op->buf + op->fill, first);
+        op->fill += first;
+        op->received += first;
+        len -= first;
+        const bool done = op->received + len == op->ticket.value_len;
+        if (op->fill == bsize || (done && len == 0)) write_buffer(c, op);
+        if (len > 0) { // the straddling part went to op->next
+            op->buf = std::exchange(op->next, nullptr);
+            op->fill = len;
+            op->buf_value_off = op->received;
+            account_crc(*op, op->buf, len);
+            op->received += len;
+            if (op->fill == bsize || done) write_buffer(c, op);
+        }
+        if (op->received == op->ticket.value_len) {
+            c.puts.erase(op->id);
+            if (op->writes == 0) finish_put(op);
+        }
+    }
+
+    /// Extends the per-chunk CRCs of the value with `n` bytes.
+    static void account_crc(put_op& op, const std::byte* p, std::size_t n) {
+        while (n > 0) {
+            const auto k = std::min<std::uint64_t>(n, storage::crc_chunk_size - op.crc_len);
+            op.crc = crc32c(p, k, op.crc);
+            op.crc_len += k;
+            p += k;
+            n -= k;
+            if (op.crc_len == storage::crc_chunk_size) {
+                op.crcs.push_back(op.crc);
+                op.crc = 0;
+                op.crc_len = 0;
+            }
+        }
+    }
+
+    void write_buffer(connection& c, const std::shared_ptr<put_op>& op) {
+        std::byte* b = std::exchange(op->buf, nullptr);
+        const std::uint32_t bs = store_.block_size();
+        const std::size_t len = (op->fill + bs - 1) / bs * bs;
+        std::memset(b + op->fill, 0, len - op->fill); // padding to the block size
+        if (op->failed) {
+            release_buffer(c.id, b);
+            return;
+        }
+        const auto tag = ++next_tag_;
+        auto r = store_.write(op->ticket.device_offset + op->buf_value_off,
+                              std::span<const std::byte>(b, len), tag);
+        if (!r) {
+            op->failed = r.error();
+            release_buffer(c.id, b);
+            return;
+        }
+        counters_.bytes_written.fetch_add(len, std::memory_order_relaxed);
+        ++op->writes;
+        inflight_io_.emplace(tag, io_ctx{op, nullptr, b, false});
+    }
+
+    void release_buffer(std::uint64_t conn_id, std::byte* b) {
+        pool_.release(b);
+        if (auto* c = find_conn(conn_id)) {
+            --c->held;
+            mark(*c);
+        }
+    }
+
+    void complete_put(const std::shared_ptr<put_op>& op) {
+        if (op->writes == 0) finish_put(op);
+    }
+
+    /// All bytes are in and written: flush if durable, then publish and reply.
+    void finish_put(const std::shared_ptr<put_op>& op) {
+        if (op->buf) release_buffer(op->conn_id, std::exchange(op->buf, nullptr));
+        if (op->next) release_buffer(op->conn_id, std::exchange(op->next, nullptr));
+        auto* c = find_conn(op->conn_id);
+        if (op->failed || !c) {
+            engine_.abort(std::move(op->ticket));
+            if (c) reply(*c, protocol::opcode::put, op->id, op->failed);
+            return;
+        }
+        if ((op->flags & protocol::flags::durable) && !op->flushing && op->ticket.value_len > 0) {
+            op->flushing = true;
+            const auto tag = ++next_tag_;
+            if (store_.flush(tag)) {
+                ++op->writes;
+                inflight_io_.emplace(tag, io_ctx{op, nullptr, nullptr, true});
+                return;
+            }
+            op->failed = make_error_code(errc::internal);
+            return finish_put(op);
+        }
+        if (op->crc_len > 0 || op->ticket.value_len == 0) {
+            if (op->ticket.value_len > 0) op->crcs.push_back(op->crc);
+            op->crc_len = 0;
+        }
+        auto r = engine_.commit(std::move(op->ticket), std::move(op->meta), std::move(op->crcs),
+                                op->expires_ms, op->flags & protocol::flags::pin);
+        if (r) counters_.bytes_in.fetch_add(op->received, std::memory_order_relaxed);
+        reply(*c, protocol::opcode::put, op->id, r ? std::error_code{} : r.error());
+    }
+
+    // ---- get --------------------------------------------------------------------------------
+
+    void start_get(connection& c, std::uint64_t id, std::span<const std::byte> key,
+                   std::uint64_t offset, std::uint64_t length) {
+        counters_.gets.fetch_add(1, std::memory_order_relaxed);
+        if (!owns(key)) return wrong_shard(c, protocol::opcode::get, id);
+        const auto* e = engine_.find(storage::index_key(c.tenant, key), now_ms());
+        if (!e) {
+            counters_.misses.fetch_add(1, std::memory_order_relaxed);
+            return reply(c, protocol::opcode::get, id, make_error_code(errc::not_found));
+        }
+        if (offset > e->value_len)
+            return reply(c, protocol::opcode::get, id, make_error_code(errc::invalid_argument));
+        counters_.hits.fetch_add(1, std::memory_order_relaxed);
+        auto op = std::make_shared<get_op>();
+        op->conn_id = c.id;
+        op->id = id;
+        op->entry = *e;
+        op->range_off = offset;
+        op->range_len = length == 0 ? e->value_len - offset : std::min(length, e->value_len - offset);
+        const std::uint64_t bsize = pool_.buffer_size();
+        op->next_piece = op->range_off / bsize;
+        op->end_piece = op->range_len == 0 ? op->next_piece
+                                           : (op->range_off + op->range_len + bsize - 1) / bsize;
+        engine_.pin(op->entry.region);
+        active_gets_.push_back(op);
+        if (op->range_len == 0) return send_ready(c, op);
+        schedule_reads(op);
+    }
+
+    /// Issues reads for the next pieces, up to the per-request read-ahead.
+    void schedule_reads(const std::shared_ptr<get_op>& op) {
+        auto* c = find_conn(op->conn_id);
+        if (!c) return;
+        const std::uint64_t bsize = pool_.buffer_size();
+        while (op->next_piece < op->end_piece && op->pieces.size() < cfg_.buffers_per_request) {
+            std::byte* b = pool_.acquire();
+            if (!b) {
+                waiting_gets_.push_back(op);
+                return;
+            }
+            ++c->held;
+            const auto k = op->next_piece++;
+            const std::uint64_t start = k * bsize;
+            const std::uint64_t len = std::min(bsize, op->entry.value_len - start);
+            const std::uint32_t bs = store_.block_size();
+            const std::uint64_t aligned = (len + bs - 1) / bs * bs;
+            op->pieces.push_back({k, b, false});
+            const auto tag = ++next_tag_;
+            auto r = store_.read(op->entry.device_offset + start, std::span(b, aligned), tag);
+            if (!r) {
+                op->pieces.back().ready = true; // fails in send_ready via verification
+                fail_get(*c, op, r.error());
+                return;
+            }
+            ++op->in_store;
+            counters_.bytes_read.fetch_add(aligned, std::memory_order_relaxed);
+            inflight_io_.emplace(tag, io_ctx{nullptr, op, b, false});
+        }
+    }
+
+    /// Verifies the stored CRC chunks of a piece.
+    bool verify_piece(const get_op& op, const typename get_op::piece& p) const {
+        const std::uint64_t bsize = pool_.buffer_size();
+        const std::uint64_t start = p.index * bsize;
+        const std::uint64_t len = std::min(bsize, op.entry.value_len - start);
+        for (std::uint64_t off = 0; off < len; off += storage::crc_chunk_size) {
+            const auto chunk = (start + off) / storage::crc_chunk_size;
+            const auto n = std::min<std::uint64_t>(storage::crc_chunk_size, len - off);
+            if (chunk >= op.entry.crcs.size() || crc32c(p.buf + off, n) != op.entry.crcs[chunk])
+                return false;
+        }
+        return true;
+    }
+
+    /// Sends every piece that is ready, in order; the first carries the reply header.
+    void send_ready(connection& c, const std::shared_ptr<get_op>& op) {
+        const std::uint64_t bsize = pool_.buffer_size();
+        if (op->range_len == 0 && !op->header_sent) {
+            auto h = reply_header(protocol::opcode::get, op->id);
+            h.length = op->entry.value_len;
+            c.ch.send(h, bytes_of(op->entry.meta));
+            op->header_sent = true;
+            answered(c, op->id);
+            finish_get(op);
+            return mark(c);
+        }
+        while (!op->pieces.empty() && op->pieces.front().ready && !op->finished) {
+            auto p = op->pieces.front();
+            op->pieces.pop_front();
+            if (!verify_piece(*op, p)) {
+                counters_.checksum_errors.fetch_add(1, std::memory_order_relaxed);
+                release_buffer(c.id, p.buf);
+                return fail_get(c, op, make_error_code(errc::checksum));
+            }
+            const std::uint64_t pstart = p.index * bsize;
+            const std::uint64_t from = std::max(pstart, op->range_off);
+            const std::uint64_t to = std::min(pstart + bsize, op->range_off + op->range_len);
+            std::span<const std::byte> bytes(p.buf + (from - pstart), to - from);
+            protocol::frame_header h;
+            std::vector<std::byte> body;
+            if (!op->header_sent) {
+                h = reply_header(protocol::opcode::get, op->id);
+                h.length = op->entry.value_len;
+                body = bytes_of(op->entry.meta);
+                op->header_sent = true;
+            } else {
+                h.op = static_cast<std::uint8_t>(protocol::opcode::data) | protocol::reply_bit;
+                h.request_id = op->id;
+            }
+            h.value_len = op->range_len;
+            h.offset = from - op->range_off;
+            const auto token = ++next_tag_;
+            sent_tokens_.emplace(token, io_ctx{nullptr, op, p.buf, false});
+            ++op->in_channel;
+            c.ch.send(h, std::move(body), bytes, token);
+            counters_.bytes_out.fetch_add(bytes.size(), std::memory_order_relaxed);
+            if (to == op->range_off + op->range_len) {
+                answered(c, op->id);
+                op->finished = true;
+            }
+        }
+        mark(c);
+        flush(c);
+    }
+
+    static std::vector<std::byte> bytes_of(const std::string& s) {
+        const auto* p = reinterpret_cast<const std::byte*>(s.data());
+        return {p, p + s.size()};
+    }
+
+    /// A failure after the reply header went out is reported in a data frame with a status.
+    void fail_get(connection& c, const std::shared_ptr<get_op>& op, std::error_code ec) {
+        if (op->finished) return;
+        if (!op->header_sent) {
+            reply(c, protocol::opcode::get, op->id, ec);
+        } else {
+            auto h = reply_header(protocol::opcode::data, op->id, ec);
+            h.value_len = op->range_len;
+            c.ch.send(h, {});
+            answered(c, op->id);
+            mark(c);
+        }
+        op->header_sent = op->finished = true;
+        for (auto& p : op->pieces)
+            if (p.ready) release_buffer(c.id, p.buf);
+        std::erase_if(op->pieces, [](const auto& p) { return p.ready; });
+        finish_get(op);
+    }
+
+    void abandon_get(get_op& op) {
+        op.finished = true;
+        for (auto& p : op.pieces)
+            if (p.ready) pool_.release(p.buf);
+        std::erase_if(op.pieces, [](const auto& p) { return p.ready; });
+    }
+
+    void release_piece_buffer(get_op& op, std::byte* b) {
+        pool_.release(b);
+        --op.in_channel;
+    }
+
+    /// Unpins and forgets a get once nothing of it is in flight.
+    void finish_get(const std::shared_ptr<get_op>& op) {
+        if (op->in_store || op->in_channel || !op->pieces.empty()) return;
+        if (!op->finished && op->header_sent == false) return;
+        engine_.unpin(op->entry.region);
+        std::erase(active_gets_, op);
+    }
+
+    void on_sent(std::uint64_t token) {
+        auto it = sent_tokens_.find(token);
+        if (it == sent_tokens_.end()) return;
+        auto ctx = std::move(it->second);
+        sent_tokens_.erase(it);
+        auto& op = ctx.get;
+        --op->in_channel;
+        release_buffer(op->conn_id, ctx.buf);
+        if (op->finished) return finish_get(op);
+        schedule_reads(op);
+    }
+
+    // ---- store completions ------------------------------------------------------------------
+
+    void drain_store() {
+        io_completion done[64];
+        for (;;) {
+            const std::size_t n = store_.poll(done);
+            if (n == 0) break;
+            for (std::size_t i = 0; i < n; ++i) on_io(done[i]);
+        }
+        // Gets that waited for buffers.
+        if (!waiting_gets_.empty() && pool_.available() > 0) {
+            auto waiting = std::move(waiting_gets_);
+            waiting_gets_.clear();
+            for (auto& g : waiting)
+                if (!g->finished) schedule_reads(g);
+            drain_store();
+        }
+        for (auto id : doomed_) close_connection(id);
+        doomed_.clear();
+    }
+
+    void on_io(const io_completion& done) {
+        auto it = inflight_io_.find(done.tag);
+        if (it == inflight_io_.end()) return;
+        auto ctx = std::move(it->second);
+        inflight_io_.erase(it);
+        if (ctx.put) {
+            auto& op = ctx.put;
+            --op->writes;
+            if (ctx.buf) release_buffer(op->conn_id, ctx.buf);
+            if (done.res < 0 && !op->failed) op->failed = errno_code(static_cast<int>(done.res));
+            if (op->writes == 0 && op->received == op->ticket.value_len) finish_put(op);
+            return;
+        }
+        auto& op = ctx.get;
+        --op->in_store;
+        auto* c = find_conn(op->conn_id);
+        auto p = std::find_if(op->pieces.begin(), op->pieces.end(),
+                              [&](const auto& x) { return x.buf == ctx.buf; });
+        if (!c || op->finished) {
+            if (p != op->pieces.end()) op->pieces.erase(p);
+            pool_.release(ctx.buf);
+            if (c) {
+                --c->held;
+                mark(*c);
+            }
+            return finish_get(op);
+        }
+        if (done.res < 0) {
+            op->pieces.erase(p);
+            release_buffer(c->id, ctx.buf);
+            return fail_get(*c, op, errno_code(static_cast<int>(done.res)));
+        }
+        p->ready = true;
+        send_ready(*c, op);
+    }
+
+    std::vector<std::byte> stats_body_() const {
+        auto named = counters_.snapshot(index_);
+        std::vector<std::pair<std::string_view, std::uint64_t>> view;
+        view.reserve(named.size());
+        for (const auto& [n, v] : named) view.emplace_back(n, v);
+        return protocol::encode_stats(view);
+    }
+
+    std::uint32_t index_, count_;
+    const server_config& cfg_;
+    Store store_;
+    storage::engine engine_;
+    buffer_pool pool_;
+    shard_counters& counters_;
+    unique_fd epoll_, wake_;
+    std::atomic<bool> stopping_{false};
+    std::mutex inbox_mutex_;
+    std::deque<std::unique_ptr<attached_connection<stream_type>>> inbox_;
+    std::unordered_map<std::uint64_t, std::unique_ptr<connection>> conns_;
+    std::vector<std::uint64_t> dirty_;
+    std::vector<std::uint64_t> doomed_;
+    std::uint64_t next_conn_id_ = 0;
+    std::uint64_t next_tag_ = 0;
+    std::unordered_map<std::uint64_t, io_ctx> inflight_io_;
+    std::unordered_map<std::uint64_t, io_ctx> sent_tokens_;
+    std::vector<std::shared_ptr<get_op>> active_gets_;
+    std::vector<std::shared_ptr<get_op>> waiting_gets_;
+};
+
+} // namespace memkv::detail

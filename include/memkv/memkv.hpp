@@ -1,0 +1,24 @@
+// SPDX-License-Identifier: Apache-2.0
+// Umbrella header: everything a user of memkv needs, and the common pairings as aliases.
+#pragma once
+
+#include <memkv/client.hpp>
+#include <memkv/concepts.hpp>
+#include <memkv/error.hpp>
+#include <memkv/result.hpp>
+#include <memkv/server.hpp>
+#include <memkv/store/memory_store.hpp>
+#include <memkv/transport/tcp.hpp>
+#include <memkv/transport/transport_set.hpp>
+#include <memkv/transport/unix.hpp>
+
+namespace memkv {
+
+/// TCP and Unix-socket clients on one server.
+using stream_transports = transport_set<tcp_transport, unix_transport>;
+/// A DRAM-only server reachable over TCP and Unix sockets.
+using memory_server = server<stream_transports, memory_store>;
+/// A client that reaches servers over TCP ("host:port") or Unix sockets ("unix:/path").
+using default_client = client<stream_transports>;
+
+} // namespace memkv

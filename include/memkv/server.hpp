@@ -1,0 +1,306 @@
+// SPDX-License-Identifier: Apache-2.0
+// memkv::server<Transport, Store>: the embeddable server.
+#pragma once
+
+#include <memkv/concepts.hpp>
+#include <memkv/detail/log.hpp>
+#include <memkv/detail/server_shard.hpp>
+#include <memkv/server_config.hpp>
+
+#include <pthread.h>
+#include <sched.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+
+#include <list>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace memkv {
+
+/// A memkv server: `Transport` carries the connections, `Store` holds the bytes. It runs one
+/// acceptor thread (handshakes, attach) and one thread per shard; each shard owns a store, a
+/// storage engine over it, a bounce-buffer pool and its connections, and shares nothing with
+/// the other shards.
+///
+/// @code
+/// memkv::server_config cfg;
+/// cfg.listen = {"127.0.0.1:0"};
+/// auto srv = memkv::server<memkv::tcp_transport, memkv::memory_store>::create(cfg, {});
+/// (*srv)->start();
+/// std::cout << (*srv)->endpoints()[0];   // where it listens
+/// (*srv)->stop();
+/// @endcode
+template <transport Transport, store Store>
+class server {
+    using stream_type = typename Transport::stream;
+    using shard_type = detail::server_shard<Transport, Store>;
+
+public:
+    using store_config = typename Store::config;
+
+    /// Validates the configuration and creates the shards' stores, engines and buffer pools.
+    /// Nothing listens until start().
+    static result<std::unique_ptr<server>> create(server_config cfg, store_config scfg = {}) {
+        if (cfg.listen.empty()) return errc::invalid_argument;
+        if (cfg.shards == 0) cfg.shards = std::max(1u, std::thread::hardware_concurrency());
+        if (cfg.region_size == 0) cfg.region_size = 2 * cfg.limits.max_value;
+        if (cfg.buffer_size % 4096 != 0 || cfg.buffer_size < storage::crc_chunk_size ||
+            cfg.buffer_size % storage::crc_chunk_size != 0)
+            return errc::invalid_argument;
+        // Payload frames are at most one buffer, so a frame straddles at most two buffers.
+        cfg.limits.max_chunk = static_cast<std::uint32_t>(
+            std::min<std::size_t>(cfg.limits.max_chunk, cfg.buffer_size));
+        if (!cfg.keys) cfg.keys = std::make_shared<auth::key_ring>();
+        std::unique_ptr<server> s(new server(std::move(cfg)));
+        auto& c = s->cfg_;
+        s->counters_ = std::make_unique<shard_counters[]>(c.shards);
+        for (std::uint32_t i = 0; i < c.shards; ++i) {
+            store_config sc = scfg;
+            if constexpr (requires { Store::shard_config(scfg, i, c.shards); })
+                sc = Store::shard_config(scfg, i, c.shards);
+            auto st = Store::create(sc);
+            if (!st) return st.error();
+            const auto rs = (c.region_size + st->block_size() - 1) / st->block_size() *
+                            st->block_size();
+            storage::engine::config ec;
+            ec.base = 0;
+            ec.length = st->capacity();
+            ec.region_size = rs;
+            ec.block_size = st->block_size();
+            auto eng = storage::engine::create(std::move(ec));
+            if (!eng) {
+                detail::log_error("shard {}: store of {} bytes holds fewer than 2 regions of {} bytes",
+                                  i, st->capacity(), rs);
+                return eng.error();
+            }
+            auto pool = detail::buffer_pool::create({c.buffer_size, c.buffers_per_shard, true});
+            if (!pool) return pool.error();
+            s->shards_.push_back(std::make_unique<shard_type>(
+                i, c.shards, s->cfg_, std::move(*st), std::move(*eng), std::move(*pool),
+                s->counters_[i]));
+            MEMKV_TRY(s->shards_.back()->init());
+        }
+        return s;
+    }
+
+    server(const server&) = delete;
+    server& operator=(const server&) = delete;
+    ~server() { stop(); }
+
+    /// Binds every endpoint and starts the threads. Refuses a non-loopback endpoint when the
+    /// key ring is empty (errc::unauthenticated).
+    result<void> start() {
+        for (const auto& text : cfg_.listen) {
+            auto ep = Transport::parse(text);
+            if (!ep) {
+                detail::log_error("cannot parse listen endpoint '{}'", text);
+                return ep.error();
+            }
+            if (cfg_.keys->empty() && !Transport::is_loopback(*ep)) {
+                detail::log_error("refusing to listen on {} without an auth key (set "
+                                  "MEMKV_AUTH_KEY or a key file)",
+                                  text);
+                return errc::unauthenticated;
+            }
+            auto l = Transport::listen(*ep);
+            if (!l) {
+                detail::log_error("cannot listen on {}: {}", text, l.error().message());
+                return l.error();
+            }
+            endpoints_.push_back(l->local_endpoint());
+            listeners_.push_back(std::move(*l));
+        }
+        if (cfg_.keys->empty())
+            detail::log_warn("no auth key configured: any local process can use this server");
+        epoll_.reset(::epoll_create1(EPOLL_CLOEXEC));
+        wake_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+        if (!epoll_ || !wake_) return errno_code(errno);
+        add(wake_.get(), wake_tag);
+        for (std::size_t i = 0; i < listeners_.size(); ++i) add(listeners_[i].fd(), i);
+        for (std::uint32_t i = 0; i < shards_.size(); ++i) {
+            threads_.emplace_back([this, i] {
+                pin(i);
+                shards_[i]->run();
+            });
+        }
+        acceptor_ = std::thread([this] { accept_loop(); });
+        running_ = true;
+        return {};
+    }
+
+    /// Stops accepting, lets in-flight requests finish (up to drain_timeout), closes every
+    /// connection and joins the threads. Idempotent; safe from any thread but a shard's.
+    void stop() {
+        if (!running_) return;
+        running_ = false;
+        stopping_.store(true, std::memory_order_release);
+        std::uint64_t one = 1;
+        [[maybe_unused]] auto r = ::write(wake_.get(), &one, sizeof(one));
+        if (acceptor_.joinable()) acceptor_.join();
+        for (auto& s : shards_) s->request_stop();
+        for (auto& t : threads_) t.join();
+        threads_.clear();
+    }
+
+    /// The endpoints actually listened on (with real ports when 0 was asked for).
+    const std::vector<std::string>& endpoints() const noexcept { return endpoints_; }
+    std::uint32_t shard_count() const noexcept { return cfg_.shards; }
+    const server_config& config() const noexcept { return cfg_; }
+    /// Counters of shard `i` (readable from any thread).
+    const shard_counters& counters(std::uint32_t i) const noexcept { return counters_[i]; }
+    /// Whether shard 0's bounce buffers are hugepage-backed.
+    bool hugepages() const noexcept { return !shards_.empty() && shards_[0]->pool().hugepages(); }
+    /// Connections refused during the handshake (bad key, bad hello, timeout).
+    std::uint64_t handshake_failures() const noexcept {
+        return handshake_failures_.load(std::memory_order_relaxed);
+    }
+
+private:
+    static constexpr std::uint64_t wake_tag = ~0ull;
+    static constexpr std::uint64_t pending_base = 1ull << 32;
+
+    explicit server(server_config cfg) : cfg_(std::move(cfg)) {}
+
+    void add(int fd, std::uint64_t tag) {
+        epoll_event ev{};
+        ev.events = EPOLLIN;
+        ev.data.u64 = tag;
+        ::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, fd, &ev);
+    }
+
+    void pin(std::uint32_t i) {
+        if (!cfg_.pin_cpus) return;
+        cpu_set_t set;
+        CPU_ZERO(&set);
+        CPU_SET(i % std::max(1u, std::thread::hardware_concurrency()), &set);
+        ::pthread_setaffinity_np(::pthread_self(), sizeof(set), &set);
+    }
+
+    /// A connection between accept and attach.
+    struct pending {
+        std::uint64_t id;
+        detail::server_handshake<stream_type> hs;
+        std::unique_ptr<detail::frame_channel<stream_type>> ch; // after authentication
+        std::string tenant;
+        bool attached = false;
+        std::uint32_t shard = 0;
+        std::uint64_t attach_id = 0;
+        bool bad = false;
+
+        detail::frame_action on_frame(const protocol::frame_header& h,
+                                      std::span<const std::byte>) {
+            if (attached || h.is_reply() || h.code() != protocol::opcode::attach ||
+                h.body_len != 0 || h.payload_len != 0 || h.request_id == 0) {
+                bad = true;
+                return detail::frame_action::pause;
+            }
+            attached = true;
+            shard = h.aux;
+            attach_id = h.request_id;
+            return detail::frame_action::yield; // stop reading: the shard takes it from here
+        }
+        void on_payload(const protocol::frame_header&, bool) {}
+    };
+
+    void accept_loop() {
+        epoll_event events[64];
+        while (!stopping_.load(std::memory_order_acquire)) {
+            int n = ::epoll_wait(epoll_.get(), events, 64, 100);
+            for (int i = 0; i < n; ++i) {
+                const auto tag = events[i].data.u64;
+                if (tag == wake_tag) continue;
+                if (tag < listeners_.size()) accept_all(listeners_[tag]);
+                else step(tag);
+            }
+            expire();
+        }
+        pending_.clear();
+        listeners_.clear();
+    }
+
+    void accept_all(typename Transport::listener& l) {
+        for (;;) {
+            auto s = l.accept();
+            if (!s) return;
+            const auto id = pending_base + ++next_pending_;
+            const int fd = s->fd();
+            pending_.push_back(pending{id,
+                                       detail::server_handshake<stream_type>(
+                                           std::move(*s), cfg_.keys, cfg_.shards,
+                                           detail::clock::now() + cfg_.handshake_timeout),
+                                       nullptr, {}, false, 0, 0, false});
+            add(fd, id);
+        }
+    }
+
+    void drop(typename std::list<pending>::iterator it) {
+        handshake_failures_.fetch_add(1, std::memory_order_relaxed);
+        ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, fd_of(*it), nullptr);
+        pending_.erase(it);
+    }
+
+    int fd_of(pending& p) { return p.ch ? p.ch->stream().fd() : p.hs.stream().fd(); }
+
+    void step(std::uint64_t id) {
+        auto it = std::find_if(pending_.begin(), pending_.end(),
+                               [id](const pending& p) { return p.id == id; });
+        if (it == pending_.end()) return;
+        auto& p = *it;
+        if (!p.ch) {
+            auto r = p.hs.step();
+            if (!r) return drop(it);
+            if (!*r) return; // more bytes needed
+            p.tenant = p.hs.tenant();
+            p.ch = std::make_unique<detail::frame_channel<stream_type>>(
+                std::move(p.hs.stream()), std::move((*r)->send_mac), std::move((*r)->recv_mac),
+                cfg_.limits);
+        }
+        if (auto r = p.ch->on_readable(p); !r || p.bad) return drop(it);
+        if (!p.attached) return;
+        ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, p.ch->stream().fd(), nullptr);
+        if (p.shard >= shards_.size()) {
+            // Tell the client why, then close.
+            protocol::frame_header r;
+            r.op = static_cast<std::uint8_t>(protocol::opcode::attach) | protocol::reply_bit;
+            r.request_id = p.attach_id;
+            r.aux = static_cast<std::uint32_t>(errc::invalid_argument);
+            p.ch->send(r, {});
+            (void)p.ch->flush();
+            pending_.erase(it);
+            return;
+        }
+        auto a = std::make_unique<detail::attached_connection<stream_type>>(
+            detail::attached_connection<stream_type>{std::move(*p.ch), std::move(p.tenant),
+                                                     p.attach_id});
+        shards_[p.shard]->adopt(std::move(a));
+        pending_.erase(it);
+    }
+
+    void expire() {
+        const auto now = detail::clock::now();
+        for (auto it = pending_.begin(); it != pending_.end();) {
+            auto next = std::next(it);
+            if (now >= it->hs.deadline()) drop(it);
+            it = next;
+        }
+    }
+
+    server_config cfg_;
+    std::unique_ptr<shard_counters[]> counters_;
+    std::vector<std::unique_ptr<shard_type>> shards_;
+    std::vector<typename Transport::listener> listeners_;
+    std::vector<std::string> endpoints_;
+    std::vector<std::thread> threads_;
+    std::thread acceptor_;
+    detail::unique_fd epoll_, wake_;
+    std::atomic<bool> stopping_{false};
+    bool running_ = false;
+    std::list<pending> pending_;
+    std::uint64_t next_pending_ = 0;
+    std::atomic<std::uint64_t> handshake_failures_{0};
+};
+
+} // namespace memkv

@@ -1,0 +1,45 @@
+// SPDX-License-Identifier: Apache-2.0
+// Configuration of memkv::server.
+#pragma once
+
+#include <memkv/auth/key_ring.hpp>
+#include <memkv/protocol/limits.hpp>
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace memkv {
+
+/// What a server needs besides its store's own configuration. Defaults are sane for a
+/// development machine; memkv-server maps flags, MEMKV_* variables and YAML onto this.
+struct server_config {
+    /// Endpoints to listen on ("127.0.0.1:9900", "unix:/run/memkv.sock"); port 0 picks one.
+    std::vector<std::string> listen{"127.0.0.1:9900"};
+    /// Shards, one thread each. 0 = one per online CPU.
+    std::uint32_t shards = 0;
+    /// Pin shard i to CPU i (modulo the CPU count).
+    bool pin_cpus = false;
+    /// Keys clients must prove. Empty: no authentication, allowed on loopback only.
+    std::shared_ptr<const auth::key_ring> keys = std::make_shared<auth::key_ring>();
+    /// Caps on every declared length.
+    protocol::limits limits{};
+    /// Bytes per region of the storage engine (at least twice limits.max_value).
+    std::uint64_t region_size = 0; // 0 = 2 * limits.max_value
+    /// Bounce buffers per shard and their size (payload chunk size).
+    std::size_t buffers_per_shard = 64;
+    std::size_t buffer_size = 1u << 20;
+    /// Buffers one request may hold at once (GET read-ahead).
+    std::size_t buffers_per_request = 4;
+    /// In-flight bytes per connection (held buffers + queued replies); over it the server stops
+    /// reading from that connection.
+    std::size_t connection_inflight_cap = 16u << 20;
+    /// A connection that has not authenticated and attached by then is closed.
+    std::chrono::milliseconds handshake_timeout{5000};
+    /// Time stop() lets in-flight requests finish before closing connections.
+    std::chrono::milliseconds drain_timeout{2000};
+};
+
+} // namespace memkv
