@@ -54,7 +54,7 @@ else()
 endif()
 
 # Public dependencies found by CMake config packages: the consumer's find_package(memkv) must find
-# them too (fmt::fmt while memkv's public headers use fmt).
+# them too (fmt::fmt, which src/CMakeLists.txt links PUBLIC).
 get_target_property(_memkv_links memkv LINK_LIBRARIES)
 if("fmt::fmt" IN_LIST _memkv_links)
   set(MEMKV_PACKAGE_NEEDS_FMT TRUE)

@@ -10,7 +10,7 @@
 namespace memkv::test {
 
 inline std::uint64_t seed() {
-    static const std::uint64_t s = [] {
+    static const std::uint64_t s = []() -> std::uint64_t {
         if (const char* env = std::getenv("MEMKV_TEST_SEED")) return std::strtoull(env, nullptr, 0);
         return static_cast<std::uint64_t>(
             std::chrono::steady_clock::now().time_since_epoch().count());
