@@ -95,10 +95,12 @@ public:
             int n = ::epoll_wait(epoll_.get(), events, 64, timeout);
             for (int i = 0; i < n; ++i) on_event(events[i]);
             drain_store();
+            close_doomed();
             publish_gauges();
         }
         while (!conns_.empty()) close_connection(conns_.begin()->first);
         drain_store();
+        doomed_.clear();
         publish_gauges();
     }
 
@@ -164,6 +166,7 @@ private:
         std::unordered_map<std::uint64_t, std::uint64_t> dropping;       // id -> value_len
         std::size_t held = 0; // pool buffers held by this connection's requests
         bool draining = false;
+        bool dead = false; // failed; closed at the end of the loop iteration
         bool dirty = false;
         std::uint32_t interest = 0;
         server_shard* shard = nullptr;
@@ -211,9 +214,9 @@ private:
         auto it = conns_.find(ev.data.u64);
         if (it == conns_.end()) return;
         auto& c = *it->second;
-        if (ev.events & (EPOLLERR | EPOLLHUP)) {
-            if (!(ev.events & EPOLLIN)) return close_connection(c.id);
-        }
+        if (c.dead) return;
+        if ((ev.events & (EPOLLERR | EPOLLHUP)) && !(ev.events & EPOLLIN))
+            return fail_connection(c, make_error_code(errc::closed));
         if (ev.events & EPOLLIN) {
             if (auto r = c.ch.on_readable(c); !r) return fail_connection(c, r.error());
             drain_store();
@@ -245,10 +248,7 @@ private:
             auto& ref = *c;
             conns_.emplace(id, std::move(c));
             // Frames the client sent right after attach may already sit in the staging buffer.
-            if (auto rr = ref.ch.on_readable(ref); !rr) {
-                fail_connection(ref, rr.error());
-                continue;
-            }
+            if (auto rr = ref.ch.on_readable(ref); !rr) fail_connection(ref, rr.error());
             flush(ref);
             mark(ref);
         }
@@ -269,6 +269,9 @@ private:
             if (it == conns_.end()) continue;
             auto& c = *it->second;
             c.dirty = false;
+            if (c.dead) continue;
+            if (c.ch.want_write()) flush(c); // replies go out before the next wait
+            if (c.dead) continue;
             if (c.ch.paused()) {
                 if (auto r = c.ch.resume(c); !r) {
                     fail_connection(c, r.error());
@@ -296,17 +299,34 @@ private:
     }
 
     void flush(connection& c) {
+        if (c.dead) return;
         if (auto r = c.ch.flush(); !r) return fail_connection(c, r.error());
         for (auto token : c.ch.sent_tokens()) on_sent(token);
         c.ch.sent_tokens().clear();
     }
 
+    /// Marks a connection dead; it is closed at the end of the loop iteration (never while a
+    /// caller still holds a reference). Malformed or oversized frames get a final error reply
+    /// (request id 0) first; MAC failures get nothing (replies never reveal which check
+    /// failed).
     void fail_connection(connection& c, std::error_code ec) {
-        if (ec == make_error_code(errc::protocol) || ec == make_error_code(errc::too_large))
+        if (c.dead) return;
+        const bool malformed =
+            ec == make_error_code(errc::protocol) || ec == make_error_code(errc::too_large);
+        if (malformed) {
             counters_.protocol_errors.fetch_add(1, std::memory_order_relaxed);
-        else if (ec == make_error_code(errc::unauthenticated))
+            c.ch.send(reply_header(protocol::opcode::ping, 0, ec), {});
+            (void)c.ch.flush();
+        } else if (ec == make_error_code(errc::unauthenticated)) {
             counters_.auth_failures.fetch_add(1, std::memory_order_relaxed);
-        close_connection(c.id);
+        }
+        c.dead = true;
+        doomed_.push_back(c.id);
+    }
+
+    void close_doomed() {
+        for (auto id : doomed_) close_connection(id);
+        doomed_.clear();
     }
 
     void close_connection(std::uint64_t id) {
@@ -477,12 +497,10 @@ private:
         return protocol_error(c);
     }
 
+    /// A well-formed frame that breaks the protocol's rules: the channel stops (pause) and the
+    /// connection is failed.
     frame_action protocol_error(connection& c) {
-        // The channel has no way to report this from on_frame; flag and let the loop close it.
-        counters_.protocol_errors.fetch_add(1, std::memory_order_relaxed);
-        c.draining = true;
-        c.ch.stream().close();
-        doomed_.push_back(c.id);
+        fail_connection(c, make_error_code(errc::protocol));
         return frame_action::pause;
     }
 
@@ -902,8 +920,6 @@ private:
                 if (!g->finished) schedule_reads(g);
             drain_store();
         }
-        for (auto id : doomed_) close_connection(id);
-        doomed_.clear();
     }
 
     void on_io(const io_completion& done) {
