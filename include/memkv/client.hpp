@@ -243,6 +243,24 @@ public:
         return {};
     }
 
+    /// Registers caller memory for zero-copy transfers and returns a handle. Over TCP and Unix
+    /// sockets every buffer is already zero-copy (GET payloads are read from the socket straight
+    /// into the caller's fragments), so this only validates and records the range; transports
+    /// with out-of-band payloads (shm, RDMA) register it with the server or the device.
+    result<std::uint64_t> register_buffer(std::span<std::byte> memory) {
+        if (::getpid() != pid_) return errc::forked;
+        if (memory.empty()) return errc::invalid_argument;
+        std::lock_guard lock(mutex_);
+        registered_.emplace(++next_registration_, memory);
+        return next_registration_;
+    }
+
+    /// Forgets a registration. The memory must not be in use by an operation in flight.
+    result<void> unregister_buffer(std::uint64_t handle) {
+        std::lock_guard lock(mutex_);
+        return registered_.erase(handle) ? result<void>() : result<void>(errc::invalid_argument);
+    }
+
     /// The index of the server owning `key` and its shard there (after key_prefix).
     std::pair<std::size_t, std::uint32_t> locate(std::string_view key) const {
         const auto full = cfg_.key_prefix + std::string(key);
@@ -908,6 +926,8 @@ private:
     std::size_t inflight_ = 0;
     std::vector<std::uint64_t> completed_;
     std::set<std::uint64_t> finished_;
+    std::map<std::uint64_t, std::span<std::byte>> registered_;
+    std::uint64_t next_registration_ = 0;
 
     // progress thread only
     std::uint32_t attach_status_ = 0;

@@ -15,7 +15,7 @@ struct limits {
     std::uint64_t max_value = 64ull << 20;     ///< value bytes
     std::uint32_t max_batch = 4096;            ///< keys per exists or sub-requests per batch
     std::uint32_t max_body = 1u << 20;         ///< MACed body bytes per frame
-    std::uint32_t max_chunk = 4u << 20;        ///< payload bytes per frame
+    std::uint32_t max_chunk = 1u << 20;        ///< payload bytes per frame (protocol v1: 1 MiB)
 };
 
 /// Payload bytes per frame that senders produce by default; chunks of different requests
