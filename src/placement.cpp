@@ -23,7 +23,8 @@ std::uint64_t server_seed(std::string_view identity) noexcept {
 
 placement::placement(std::vector<std::string> identities) : identities_(std::move(identities)) {
     seeds_.reserve(identities_.size());
-    for (const auto& id : identities_) seeds_.push_back(server_seed(id));
+    for (const auto& id : identities_)
+        seeds_.push_back(server_seed(id));
 }
 
 std::size_t placement::server_for(std::uint64_t hash) const noexcept {

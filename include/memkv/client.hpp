@@ -92,9 +92,10 @@ public:
         b->remaining = ops.size();
         std::unique_lock lock(mutex_);
         b->id = ++next_batch_;
-        inflight_cv_.wait(lock, [&] {
-            return stopping_ || inflight_ + ops.size() <= cfg_.max_inflight || inflight_ == 0;
-        });
+        if (std::this_thread::get_id() != progress_id_)
+            inflight_cv_.wait(lock, [&] {
+                return stopping_ || inflight_ + ops.size() <= cfg_.max_inflight || inflight_ == 0;
+            });
         if (stopping_) return errc::closed;
         inflight_ += ops.size();
         submitted_.push_back(b);
@@ -396,6 +397,7 @@ private:
             if (auto r = connect_server(i); !r && !first_error) first_error = r.error();
         if (first_error && servers_.size() == 1) return first_error;
         progress_ = std::make_unique<std::thread>([this] { progress_loop(); });
+        progress_id_ = progress_->get_id();
         return {};
     }
 
@@ -855,11 +857,16 @@ private:
     }
 
     void finish_batch(const std::shared_ptr<batch>& b) {
-        if (b->cb) b->cb(b->ops);
+        {
+            std::lock_guard lock(mutex_);
+            inflight_ -= b->ops.size();
+            inflight_cv_.notify_all();
+        }
+        // The callback may submit more work (it runs on the progress thread, which submit()
+        // never blocks).
+        if (b->cb) return b->cb(b->ops);
         std::lock_guard lock(mutex_);
-        inflight_ -= b->ops.size();
-        inflight_cv_.notify_all();
-        if (!b->cb) {
+        {
             finished_.insert(b->id);
             completed_.push_back(b->id);
             std::uint64_t one = 1;
@@ -916,6 +923,7 @@ private:
     pid_t pid_ = 0;
     detail::unique_fd epoll_, wake_fd_, done_fd_;
     std::unique_ptr<std::thread> progress_;
+    std::thread::id progress_id_;
 
     std::mutex mutex_; // guards everything below
     std::condition_variable inflight_cv_, done_cv_;

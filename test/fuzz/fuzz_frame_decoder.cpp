@@ -69,14 +69,16 @@ void decode_body(const frame_header& h, std::span<const std::byte> body, const l
         check_failure(r);
         if (r) {
             std::vector<std::pair<std::string_view, std::uint64_t>> views;
-            for (const auto& [name, value] : *r) views.emplace_back(name, value);
+            for (const auto& [name, value] : *r)
+                views.emplace_back(name, value);
             check(same(encode_stats(views), body));
         }
         break;
     }
     case opcode::attach:
     case opcode::ping:
-    case opcode::data: break; // no body decoder
+    case opcode::data:
+        break; // no body decoder
     }
 }
 

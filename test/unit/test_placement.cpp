@@ -31,13 +31,15 @@ struct hash_vector {
 
 std::string repeat(const std::string& s, int n) {
     std::string out;
-    for (int i = 0; i < n; ++i) out += s;
+    for (int i = 0; i < n; ++i)
+        out += s;
     return out;
 }
 
 std::string byte_range(int n) {
     std::string out;
-    for (int i = 0; i < n; ++i) out.push_back(static_cast<char>(i));
+    for (int i = 0; i < n; ++i)
+        out.push_back(static_cast<char>(i));
     return out;
 }
 
@@ -49,10 +51,12 @@ const std::vector<hash_vector>& vectors() {
         {"abc", 0x78af5f94892f3950, {0, 0, 1, 3}, 0, 0},
         {"key1", 0x384d070cd5d829e2, {0, 0, 0, 1}, 1, 1},
         {"memkv-key-00001", 0x8dd9f9367ba51149, {0, 1, 2, 3}, 1, 1},
-        {"tenant-a/llama-3-8b/fp16/chunk/0000000000000001", 0x6a66ddbb25581860, {0, 0, 1, 2}, 1,
+        {"tenant-a/llama-3-8b/fp16/chunk/0000000000000001", 0x6a66ddbb25581860, {0, 0, 1, 2}, 1, 3},
+        {"e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+         0xb9b6fd51dbd07ec5,
+         {0, 1, 2, 5},
+         2,
          3},
-        {"e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855", 0xb9b6fd51dbd07ec5,
-         {0, 1, 2, 5}, 2, 3},
         {std::string(200, 'x'), 0x50ef124fb1e4de53, {0, 0, 1, 2}, 2, 2},
         {repeat("0123456789abcdef", 64), 0x540ffccbf24ea528, {0, 0, 1, 2}, 0, 0},
         {byte_range(32), 0x3523581fe96e4c05, {0, 0, 0, 1}, 2, 2},
@@ -82,7 +86,8 @@ std::vector<std::uint64_t> random_hashes(std::uint64_t salt, std::size_t n) {
     out.reserve(n);
     std::array<std::byte, 16> key{};
     for (std::size_t i = 0; i < n; ++i) {
-        for (auto& b : key) b = std::byte(static_cast<std::uint8_t>(g()));
+        for (auto& b : key)
+            b = std::byte(static_cast<std::uint8_t>(g()));
         out.push_back(key_hash(key));
     }
     return out;
@@ -131,8 +136,7 @@ TEST_CASE("The shard function is the high half of a 128-bit product", "[placemen
     }
 }
 
-TEST_CASE("Server seeds and rendezvous scores match the documented test vectors",
-          "[placement]") {
+TEST_CASE("Server seeds and rendezvous scores match the documented test vectors", "[placement]") {
     const placement p(servers4);
     const std::array<std::uint64_t, 4> seeds = {0x49302fc7282a264b, 0x3806d59dc8f6eb08,
                                                 0x79c9b1fa12185fff, 0xf0fe41ba99f99ac7};
@@ -159,8 +163,7 @@ TEST_CASE("Server seeds and rendezvous scores match the documented test vectors"
     STATIC_REQUIRE(memkv::fmix64(1) == 0xb456bcfc34c2cb2c);
 }
 
-TEST_CASE("Owners match the documented test vectors for three and four servers",
-          "[placement]") {
+TEST_CASE("Owners match the documented test vectors for three and four servers", "[placement]") {
     const placement p3(servers3);
     const placement p4(servers4);
     REQUIRE(p3.size() == 3);

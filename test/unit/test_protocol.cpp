@@ -48,7 +48,8 @@ bytes from_hex(std::string_view hex) {
 
 bytes random_bytes(std::mt19937_64& g, std::size_t n) {
     bytes out(n);
-    for (auto& b : out) b = std::byte(static_cast<std::uint8_t>(g()));
+    for (auto& b : out)
+        b = std::byte(static_cast<std::uint8_t>(g()));
     return out;
 }
 
@@ -75,7 +76,9 @@ frame_header request(opcode op, std::uint32_t aux, std::size_t body_len, std::ui
     return h;
 }
 
-bool is_clean_failure(std::error_code ec) { return ec == errc::protocol || ec == errc::too_large; }
+bool is_clean_failure(std::error_code ec) {
+    return ec == errc::protocol || ec == errc::too_large;
+}
 
 bool same(std::span<const std::byte> a, std::span<const std::byte> b) {
     return std::equal(a.begin(), a.end(), b.begin(), b.end());
@@ -145,7 +148,8 @@ random_keys make_keys(std::mt19937_64& g, std::size_t count, std::size_t max_len
     k.storage.reserve(count);
     for (std::size_t i = 0; i < count; ++i)
         k.storage.push_back(random_bytes(g, uniform(g, 1, max_len)));
-    for (const auto& s : k.storage) k.views.emplace_back(s);
+    for (const auto& s : k.storage)
+        k.views.emplace_back(s);
     return k;
 }
 
@@ -232,8 +236,8 @@ TEST_CASE("decode_header rejects unknown opcodes with or without the reply bit",
         auto h = request(opcode::ping, 0, 0);
         h.op = static_cast<std::uint8_t>(op);
         const int base = op & 0x7f;
-        const bool known = base >= static_cast<int>(opcode::attach) &&
-                           base <= static_cast<int>(opcode::data);
+        const bool known =
+            base >= static_cast<int>(opcode::attach) && base <= static_cast<int>(opcode::data);
         auto d = decode(encode(h));
         INFO("opcode byte " << op);
         if (known) {
@@ -266,7 +270,8 @@ TEST_CASE("decode_header rejects every undefined flag bit", "[protocol]") {
 TEST_CASE("decode_header rejects declared lengths over their caps", "[protocol]") {
     const limits lim;
     SECTION("body length") {
-        for (std::uint32_t n : {lim.max_body + 1, 1u << 31, std::numeric_limits<std::uint32_t>::max()}) {
+        for (std::uint32_t n :
+             {lim.max_body + 1, 1u << 31, std::numeric_limits<std::uint32_t>::max()}) {
             auto h = request(opcode::put, 1, 0);
             h.body_len = n;
             REQUIRE(decode(encode(h)).error() == errc::too_large);
@@ -323,10 +328,10 @@ TEST_CASE("decode_header rejects a payload that lies outside its value", "[proto
     h.payload_len = 100;
     h.offset = 900;
     REQUIRE(decode(encode(h))); // ends exactly at the end of the value
-    for (std::uint64_t off : {std::uint64_t{901}, std::uint64_t{1000}, std::uint64_t{1001},
-                              std::uint64_t{1} << 31, std::uint64_t{1} << 63,
-                              std::numeric_limits<std::uint64_t>::max() - 50,
-                              std::numeric_limits<std::uint64_t>::max()}) {
+    for (std::uint64_t off :
+         {std::uint64_t{901}, std::uint64_t{1000}, std::uint64_t{1001}, std::uint64_t{1} << 31,
+          std::uint64_t{1} << 63, std::numeric_limits<std::uint64_t>::max() - 50,
+          std::numeric_limits<std::uint64_t>::max()}) {
         h.offset = off;
         INFO("offset " << off);
         REQUIRE(decode(encode(h)).error() == errc::protocol);
@@ -346,14 +351,17 @@ TEST_CASE("decode_header never accepts a random header that breaks an invariant"
     int accepted = 0;
     for (int i = 0; i < 20000; ++i) {
         header_bytes w{};
-        for (auto& b : w) b = std::byte(static_cast<std::uint8_t>(g()));
+        for (auto& b : w)
+            b = std::byte(static_cast<std::uint8_t>(g()));
         store_le32(w.data(), frame_magic);
         if (g() % 2) w[4] = std::byte{1};
         if (g() % 2) w[5] = std::byte(static_cast<std::uint8_t>(1 + g() % 9));
         if (g() % 2) store_le16(w.data() + 6, static_cast<std::uint16_t>(g() & flags::all));
-        if (g() % 2) store_le32(w.data() + 16, static_cast<std::uint32_t>(g() % (2 * lim.max_body)));
+        if (g() % 2)
+            store_le32(w.data() + 16, static_cast<std::uint32_t>(g() % (2 * lim.max_body)));
         if (g() % 2) store_le64(w.data() + 24, g() % (2 * lim.max_value));
-        if (g() % 2) store_le32(w.data() + 48, static_cast<std::uint32_t>(g() % (2 * lim.max_chunk)));
+        if (g() % 2)
+            store_le32(w.data() + 48, static_cast<std::uint32_t>(g() % (2 * lim.max_chunk)));
         if (g() % 2) store_le64(w.data() + 32, g() % (2 * lim.max_value));
         auto d = decode(w);
         if (!d) {
@@ -426,9 +434,8 @@ TEST_CASE("Key and metadata bodies round-trip for put, get and del", "[protocol]
         const auto key = random_bytes(g, uniform(g, 1, lim.max_key));
         const auto meta = random_bytes(g, uniform(g, 0, lim.max_meta));
         const auto body = encode_key_meta(key, meta);
-        auto r = split_key_meta(request(opcode::put, static_cast<std::uint32_t>(key.size()),
-                                        body.size()),
-                                body, lim);
+        auto r = split_key_meta(
+            request(opcode::put, static_cast<std::uint32_t>(key.size()), body.size()), body, lim);
         REQUIRE(r);
         REQUIRE(same(r->key, key));
         REQUIRE(same(r->meta, meta));
@@ -453,9 +460,9 @@ TEST_CASE("Key and metadata bodies are rejected when malformed or over a cap", "
         return split_key_meta(request(opcode::put, key_len, b.size()), b, lim);
     };
     REQUIRE(put(10, body));
-    REQUIRE(put(0, body).error() == errc::protocol);                   // empty key
-    REQUIRE(put(31, body).error() == errc::protocol);                  // key past the body
-    REQUIRE(put(lim.max_key + 1, body).error() == errc::too_large);    // key over cap
+    REQUIRE(put(0, body).error() == errc::protocol);                // empty key
+    REQUIRE(put(31, body).error() == errc::protocol);               // key past the body
+    REQUIRE(put(lim.max_key + 1, body).error() == errc::too_large); // key over cap
     REQUIRE(put(std::uint32_t{1} << 31, body).error() == errc::too_large);
     const bytes long_meta(10 + lim.max_meta + 1, std::byte{1});
     REQUIRE(put(10, long_meta).error() == errc::too_large); // metadata over cap
@@ -517,8 +524,7 @@ TEST_CASE("Get reply metadata is bounded and absent from failed replies", "[prot
     const bytes big(lim.max_meta + 1, std::byte{1});
     h.body_len = static_cast<std::uint32_t>(big.size());
     REQUIRE(decode_get_reply_meta(h, big, lim).error() == errc::too_large);
-    REQUIRE(decode_get_reply_meta(request(opcode::get, 0, 4), meta, lim).error() ==
-            errc::protocol);
+    REQUIRE(decode_get_reply_meta(request(opcode::get, 0, 4), meta, lim).error() == errc::protocol);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -535,7 +541,8 @@ TEST_CASE("Exists requests round-trip", "[protocol]") {
             request(opcode::exists, static_cast<std::uint32_t>(count), body.size()), body, lim);
         REQUIRE(r);
         REQUIRE(r->size() == count);
-        for (std::size_t k = 0; k < count; ++k) REQUIRE(same((*r)[k], keys.views[k]));
+        for (std::size_t k = 0; k < count; ++k)
+            REQUIRE(same((*r)[k], keys.views[k]));
     }
 }
 
@@ -578,8 +585,8 @@ TEST_CASE("Exists requests are rejected when malformed or over a cap", "[protoco
     auto reply = request(opcode::exists, 5, body.size());
     reply.op |= reply_bit;
     REQUIRE(decode_exists_request(reply, body, lim).error() == errc::protocol);
-    REQUIRE(decode_exists_request(request(opcode::exists, 5, body.size() - 1), body, lim)
-                .error() == errc::protocol);
+    REQUIRE(decode_exists_request(request(opcode::exists, 5, body.size() - 1), body, lim).error() ==
+            errc::protocol);
 }
 
 TEST_CASE("Every truncation of an exists request is rejected", "[protocol]") {
@@ -604,7 +611,8 @@ sample_reply random_exists_reply(std::mt19937_64& g, std::size_t count, std::uin
     for (std::size_t i = 0; i < count; ++i) {
         const bool present = g() % 3 != 0;
         s.reply.present.push_back(present);
-        if (fl & flags::want_sizes) s.reply.sizes.push_back(present ? uniform(g, 0, lim.max_value) : 0);
+        if (fl & flags::want_sizes)
+            s.reply.sizes.push_back(present ? uniform(g, 0, lim.max_value) : 0);
         if (fl & flags::want_meta) {
             if (present) s.meta_storage[i] = random_bytes(g, uniform(g, 0, lim.max_meta));
             s.reply.meta.emplace_back(s.meta_storage[i]);
@@ -800,7 +808,8 @@ TEST_CASE("Batches round-trip", "[protocol]") {
         auto r = decode_b(static_cast<std::uint32_t>(count), body);
         REQUIRE(r);
         REQUIRE(r->size() == count);
-        for (std::size_t k = 0; k < count; ++k) require_same_sub((*r)[k], b.subs[k]);
+        for (std::size_t k = 0; k < count; ++k)
+            require_same_sub((*r)[k], b.subs[k]);
         REQUIRE(encode_batch(*r) == body);
     }
 }
@@ -833,7 +842,8 @@ TEST_CASE("Batch sub-requests are checked one by one", "[protocol]") {
     for (std::size_t at : {std::size_t{0}, second}) {
         INFO("descriptor at " << at);
         for (unsigned op : {0u, 1u, 4u, 6u, 7u, 8u, 9u, 10u, 0x82u, 0xffu})
-            REQUIRE(with(at, [&](std::byte* p) { p[0] = std::byte(op); }).error() == errc::protocol);
+            REQUIRE(with(at, [&](std::byte* p) { p[0] = std::byte(op); }).error() ==
+                    errc::protocol);
         REQUIRE(with(at, [](std::byte* p) { p[1] = std::byte{1}; }).error() == errc::protocol);
         REQUIRE(with(at, [](std::byte* p) { store_le16(p + 2, 0x20); }).error() == errc::protocol);
         REQUIRE(with(at, [](std::byte* p) { store_le16(p + 4, 0); }).error() == errc::protocol);
@@ -845,8 +855,9 @@ TEST_CASE("Batch sub-requests are checked one by one", "[protocol]") {
                 }).error() == errc::too_large);
         REQUIRE(with(at, [&](std::byte* p) { store_le64(p + 16, lim.max_value + 1); }).error() ==
                 errc::too_large);
-        REQUIRE(with(at, [](std::byte* p) { store_le64(p + 16, std::uint64_t{1} << 63); })
-                    .error() == errc::too_large);
+        REQUIRE(with(at, [](std::byte* p) {
+                    store_le64(p + 16, std::uint64_t{1} << 63);
+                }).error() == errc::too_large);
     }
     // value and metadata only on put; offset only on get; length not on del
     REQUIRE(with(second, [](std::byte* p) { store_le64(p + 16, 1); }).error() == errc::protocol);
@@ -894,9 +905,8 @@ TEST_CASE("Every truncation of a batch is rejected", "[protocol]") {
     for (int i = 0; i < 5; ++i) {
         const auto b = random_batch(g, 4, 16);
         const auto body = encode_batch(b.subs);
-        require_truncations_rejected(body, [](std::span<const std::byte> p) {
-            return decode_b(4, p);
-        });
+        require_truncations_rejected(body,
+                                     [](std::span<const std::byte> p) { return decode_b(4, p); });
     }
 }
 
@@ -910,11 +920,13 @@ TEST_CASE("Stats replies round-trip", "[protocol]") {
         std::vector<std::string> names;
         for (std::size_t k = 0; k < count; ++k) {
             std::string n(uniform(g, 1, stats_max_name), 'a');
-            for (auto& c : n) c = static_cast<char>('a' + g() % 26);
+            for (auto& c : n)
+                c = static_cast<char>('a' + g() % 26);
             names.push_back(n);
         }
         std::vector<std::pair<std::string_view, std::uint64_t>> in;
-        for (const auto& n : names) in.emplace_back(n, g());
+        for (const auto& n : names)
+            in.emplace_back(n, g());
         const auto body = encode_stats(in);
         auto r = decode_stats(body);
         REQUIRE(r);
@@ -1002,10 +1014,14 @@ bytes garbage(std::mt19937_64& g, const bytes& valid) {
 
 std::uint32_t garbage_count(std::mt19937_64& g, std::uint32_t valid) {
     switch (g() % 4) {
-    case 0: return valid;
-    case 1: return static_cast<std::uint32_t>(g());
-    case 2: return static_cast<std::uint32_t>(g() % 16);
-    default: return valid + static_cast<std::uint32_t>(g() % 3) - 1;
+    case 0:
+        return valid;
+    case 1:
+        return static_cast<std::uint32_t>(g());
+    case 2:
+        return static_cast<std::uint32_t>(g() % 16);
+    default:
+        return valid + static_cast<std::uint32_t>(g() % 3) - 1;
     }
 }
 } // namespace
@@ -1069,7 +1085,8 @@ TEST_CASE("Random garbage bodies either decode canonically or fail cleanly", "[p
             tally(r);
             if (r) {
                 std::vector<std::pair<std::string_view, std::uint64_t>> views;
-                for (const auto& [name, value] : *r) views.emplace_back(name, value);
+                for (const auto& [name, value] : *r)
+                    views.emplace_back(name, value);
                 REQUIRE(encode_stats(views) == b);
             }
         }

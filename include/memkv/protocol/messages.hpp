@@ -153,9 +153,9 @@ inline result<key_meta> split_key_meta(const frame_header& h, std::span<const st
 
 /// The metadata carried by a get reply's body (0..max_meta bytes; a view into `body`). A reply
 /// with a non-zero status must have an empty body.
-inline result<std::span<const std::byte>>
-decode_get_reply_meta(const frame_header& h, std::span<const std::byte> body,
-                      const limits& lim) noexcept {
+inline result<std::span<const std::byte>> decode_get_reply_meta(const frame_header& h,
+                                                                std::span<const std::byte> body,
+                                                                const limits& lim) noexcept {
     if (!h.is_reply() || h.code() != opcode::get) return errc::protocol;
     if (body.size() != h.body_len) return errc::protocol;
     if (h.status() != 0 && !body.empty()) return errc::protocol;
@@ -171,7 +171,8 @@ decode_get_reply_meta(const frame_header& h, std::span<const std::byte> body,
 inline std::vector<std::byte>
 encode_exists_request(std::span<const std::span<const std::byte>> keys) {
     std::size_t n = 0;
-    for (const auto& k : keys) n += 2 + k.size();
+    for (const auto& k : keys)
+        n += 2 + k.size();
     std::vector<std::byte> out(n);
     detail::body_writer w(out);
     for (const auto& k : keys) {
@@ -246,7 +247,8 @@ inline std::vector<std::byte> encode_exists_reply(const exists_reply& r,
     detail::body_writer w(out);
     w.skip(exists_bitmap_size(static_cast<std::uint32_t>(count)));
     if (want_sizes)
-        for (std::size_t i = 0; i < count; ++i) w.u64(r.present[i] ? r.sizes[i] : 0);
+        for (std::size_t i = 0; i < count; ++i)
+            w.u64(r.present[i] ? r.sizes[i] : 0);
     if (want_meta) {
         for (std::size_t i = 0; i < count; ++i) {
             const auto m = r.present[i] ? r.meta[i] : std::span<const std::byte>{};
@@ -333,7 +335,8 @@ struct sub_request {
 /// returned size.
 inline std::vector<std::byte> encode_batch(std::span<const sub_request> subs) {
     std::size_t n = 0;
-    for (const auto& s : subs) n += batch_descriptor_size + s.key.size() + s.meta.size();
+    for (const auto& s : subs)
+        n += batch_descriptor_size + s.key.size() + s.meta.size();
     std::vector<std::byte> out(n);
     detail::body_writer w(out);
     for (const auto& s : subs) {
@@ -414,7 +417,8 @@ inline std::vector<std::byte>
 encode_stats(std::span<const std::pair<std::string_view, std::uint64_t>> stats) {
     assert(stats.size() <= stats_max_count);
     std::size_t n = 4;
-    for (const auto& [name, value] : stats) n += 2 + name.size() + 8;
+    for (const auto& [name, value] : stats)
+        n += 2 + name.size() + 8;
     std::vector<std::byte> out(n);
     detail::body_writer w(out);
     w.u32(static_cast<std::uint32_t>(stats.size()));
