@@ -41,12 +41,12 @@ class server {
 public:
     using store_config = typename Store::config;
 
-    /// Validates the configuration and creates the shards' stores, engines and buffer pools.
-    /// Nothing listens until start().
+    /// Validates the configuration, opens the store (formatting it, or checking its superblock
+    /// against the configuration), creates every shard's store instance, engine and buffer
+    /// pool, and recovers each shard's index from the drive. Nothing listens until start().
     static result<std::unique_ptr<server>> create(server_config cfg, store_config scfg = {}) {
         if (cfg.listen.empty()) return errc::invalid_argument;
         if (cfg.shards == 0) cfg.shards = std::max(1u, std::thread::hardware_concurrency());
-        if (cfg.region_size == 0) cfg.region_size = 2 * cfg.limits.max_value;
         if (cfg.buffer_size % 4096 != 0 || cfg.buffer_size < storage::crc_chunk_size ||
             cfg.buffer_size % storage::crc_chunk_size != 0)
             return errc::invalid_argument;
@@ -57,34 +57,65 @@ public:
         std::unique_ptr<server> s(new server(std::move(cfg)));
         auto& c = s->cfg_;
         s->counters_ = std::make_unique<shard_counters[]>(c.shards);
+
+        // Geometry: from the superblock for persistent stores, from the configuration otherwise.
+        storage::superblock sb;
+        std::uint64_t window = 0, base = 0;
+        if constexpr (persistent) {
+            auto whole = Store::create(scfg);
+            if (!whole) return whole.error();
+            auto r = open_superblock(*whole, c, sb);
+            if (!r) return r.error();
+            window = (sb.capacity - storage::data_offset) / c.shards / sb.region_size *
+                     sb.region_size;
+            base = storage::data_offset;
+        } else {
+            sb = fresh_superblock(c, 0);
+        }
         for (std::uint32_t i = 0; i < c.shards; ++i) {
             store_config sc = scfg;
-            if constexpr (requires { Store::shard_config(scfg, i, c.shards); })
-                sc = Store::shard_config(scfg, i, c.shards);
+            if constexpr (!persistent) sc = Store::shard_config(scfg, i, c.shards);
             auto st = Store::create(sc);
             if (!st) return st.error();
-            const auto rs = (c.region_size + st->block_size() - 1) / st->block_size() *
-                            st->block_size();
-            storage::engine::config ec;
-            ec.base = 0;
-            ec.length = st->capacity();
-            ec.region_size = rs;
-            ec.block_size = st->block_size();
-            auto eng = storage::engine::create(std::move(ec));
-            if (!eng) {
-                detail::log_error("shard {}: store of {} bytes holds fewer than 2 regions of {} bytes",
-                                  i, st->capacity(), rs);
-                return eng.error();
-            }
+            if constexpr (!persistent) window = st->capacity() / sb.region_size * sb.region_size;
             auto pool = detail::buffer_pool::create({c.buffer_size, c.buffers_per_shard, true});
             if (!pool) return pool.error();
-            s->shards_.push_back(std::make_unique<shard_type>(
-                i, c.shards, s->cfg_, std::move(*st), std::move(*eng), std::move(*pool),
-                s->counters_[i]));
-            MEMKV_TRY(s->shards_.back()->init());
+            s->shards_.push_back(std::make_unique<shard_type>(i, c.shards, s->cfg_, std::move(*st),
+                                                              std::move(*pool), s->counters_[i]));
+            storage::engine::config ec;
+            // Persistent stores: every shard opens the whole store and owns window i of it.
+            // Others: every shard has a store of its own.
+            ec.base = persistent ? base + std::uint64_t(i) * window : 0;
+            ec.length = window;
+            ec.region_size = sb.region_size;
+            ec.block_size = s->shards_.back()->block_size();
+            ec.shard = i;
+            ec.seed = sb.record_seed;
+            ec.max_value = c.limits.max_value;
+            auto rs = s->shards_.back()->init(ec);
+            if (!rs) {
+                detail::log_error("shard {}: cannot start over {} bytes with {}-byte regions: {}", i,
+                                  window, sb.region_size, rs.error().message());
+                return rs.error();
+            }
+            s->recovered_.entries += rs->entries;
+            s->recovered_.tombstones += rs->tombstones;
+            s->recovered_.corrupt_records += rs->corrupt_records;
+            s->recovered_.regions_scanned += rs->regions_scanned;
+            s->recovered_.regions_summarised += rs->regions_summarised;
+            s->recovered_.seconds += rs->seconds;
         }
+        if constexpr (persistent)
+            detail::log_info("recovered {} entries ({} tombstones, {} corrupt records skipped; {} "
+                             "regions from summaries, {} scanned) in {:.3f} s",
+                             s->recovered_.entries, s->recovered_.tombstones,
+                             s->recovered_.corrupt_records, s->recovered_.regions_summarised,
+                             s->recovered_.regions_scanned, s->recovered_.seconds);
         return s;
     }
+
+    /// What recovery found at create() (all shards together).
+    const storage::recovery_stats& recovered() const noexcept { return recovered_; }
 
     server(const server&) = delete;
     server& operator=(const server&) = delete;
@@ -161,6 +192,96 @@ public:
 private:
     static constexpr std::uint64_t wake_tag = ~0ull;
     static constexpr std::uint64_t pending_base = 1ull << 32;
+    static constexpr bool persistent = [] {
+        if constexpr (requires { Store::persistent; }) return Store::persistent;
+        else return true;
+    }();
+
+    static std::uint64_t random_u64() {
+        std::uint64_t v = 0;
+        (void)auth::random_bytes(std::as_writable_bytes(std::span(&v, 1)));
+        return v;
+    }
+
+    static storage::superblock fresh_superblock(const server_config& c, std::uint64_t capacity) {
+        storage::superblock sb;
+        (void)auth::random_bytes(sb.uuid);
+        sb.record_seed = random_u64();
+        sb.block_size = storage::meta_block;
+        const auto region = c.region_size ? c.region_size : 2 * c.limits.max_value;
+        sb.region_size = (region + storage::meta_block - 1) / storage::meta_block *
+                         storage::meta_block;
+        sb.shard_count = c.shards;
+        sb.capacity = capacity;
+        sb.max_value = c.limits.max_value;
+        sb.created_unix = storage::unix_ms() / 1000;
+        return sb;
+    }
+
+    /// Reads both superblock copies and decides: use, format (blank store, or allowed wipe),
+    /// or refuse with a message that says what to do.
+    static result<void> open_superblock(Store& st, const server_config& c, storage::superblock& sb) {
+        store_meta_io_t io(st);
+        storage::aligned_buffer buf(2 * storage::meta_block);
+        if (st.capacity() < storage::data_offset + 4 * storage::meta_block) return errc::no_space;
+        MEMKV_TRY(io.read(0, buf.span()));
+        storage::superblock a, b;
+        const auto sa = storage::decode_superblock(buf.block(0), a);
+        const auto sbs = storage::decode_superblock(buf.block(storage::meta_block), b);
+        using state = storage::superblock_state;
+        bool format = false;
+        if (sa == state::valid || sbs == state::valid) {
+            sb = sa == state::valid ? a : b;
+            if (sb.shard_count != c.shards) {
+                if (!c.reshard) {
+                    detail::log_error("the store was formatted for {} shards, not {}: start with "
+                                      "--shards {}, or --reshard to wipe it",
+                                      sb.shard_count, c.shards, sb.shard_count);
+                    return errc::rejected;
+                }
+                detail::log_warn("--reshard: wiping the store ({} -> {} shards)", sb.shard_count,
+                                 c.shards);
+                format = true;
+            } else if (sb.capacity > st.capacity()) {
+                detail::log_error("the store is smaller ({} bytes) than when it was formatted ({} "
+                                  "bytes)", st.capacity(), sb.capacity);
+                return errc::rejected;
+            } else if (sb.max_value < c.limits.max_value) {
+                detail::log_error("the store was formatted for values up to {} bytes; start with "
+                                  "that cap or wipe it", sb.max_value);
+                return errc::rejected;
+            }
+        } else if (sa == state::blank && sbs == state::blank) {
+            format = true;
+        } else {
+            const bool incompatible = sa == state::incompatible || sbs == state::incompatible;
+            if (!c.wipe_on_incompatible) {
+                detail::log_error("{}: refusing to start; --wipe-on-incompatible wipes the store",
+                                  incompatible ? "the store has a memkv format this version "
+                                                 "cannot read"
+                                               : "the store's superblock is damaged (both copies)");
+                return errc::rejected;
+            }
+            detail::log_warn("--wipe-on-incompatible: wiping the store");
+            format = true;
+        }
+        if (!format) return {};
+        sb = fresh_superblock(c, st.capacity());
+        // Copy A, flush, copy B, flush: a crash leaves at least one valid copy.
+        storage::encode_superblock(sb, buf.block(0));
+        storage::encode_superblock(sb, buf.block(storage::meta_block));
+        MEMKV_TRY(io.write(0, {buf.data(), storage::meta_block}));
+        MEMKV_TRY(io.flush());
+        MEMKV_TRY(io.write(storage::meta_block, {buf.data() + storage::meta_block,
+                                                 storage::meta_block}));
+        MEMKV_TRY(io.flush());
+        // Every region header of the old format is now meaningless: records are keyed by the
+        // new seed, so none of them can be taken for valid.
+        detail::log_info("formatted the store: {} bytes, {} shards, {}-byte regions", sb.capacity,
+                         sb.shard_count, sb.region_size);
+        return {};
+    }
+    using store_meta_io_t = detail::store_meta_io<Store>;
 
     explicit server(server_config cfg) : cfg_(std::move(cfg)) {}
 
@@ -301,6 +422,7 @@ private:
     std::list<pending> pending_;
     std::uint64_t next_pending_ = 0;
     std::atomic<std::uint64_t> handshake_failures_{0};
+    storage::recovery_stats recovered_;
 };
 
 } // namespace memkv

@@ -40,6 +40,12 @@ struct server_config {
     std::chrono::milliseconds handshake_timeout{5000};
     /// Time stop() lets in-flight requests finish before closing connections.
     std::chrono::milliseconds drain_timeout{2000};
+    /// Persistent stores: a store formatted for another shard count is refused unless this is
+    /// set, and then wiped and reformatted.
+    bool reshard = false;
+    /// Persistent stores: a store with an unreadable superblock or a format this build does not
+    /// understand is refused unless this is set, and then wiped and reformatted.
+    bool wipe_on_incompatible = false;
 };
 
 } // namespace memkv

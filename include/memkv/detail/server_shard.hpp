@@ -14,6 +14,10 @@
 #include <memkv/protocol/placement.hpp>
 #include <memkv/server_config.hpp>
 #include <memkv/storage/engine.hpp>
+#include <memkv/detail/log.hpp>
+
+#include <poll.h>
+#include <sched.h>
 
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
@@ -28,6 +32,65 @@
 #include <vector>
 
 namespace memkv::detail {
+
+/// Synchronous I/O on a store for the engine's metadata (recovery; opening, sealing and
+/// reclaiming regions). It submits one operation and polls until that completes; completions
+/// of other operations polled meanwhile are kept in stash() for the shard loop.
+template <store Store>
+class store_meta_io final : public storage::meta_io {
+public:
+    explicit store_meta_io(Store& s) noexcept : store_(s) {}
+
+    result<void> read(std::uint64_t offset, std::span<std::byte> buf) override {
+        return run([&](std::uint64_t t) { return store_.read(offset, buf, t); }, buf.size());
+    }
+    result<void> write(std::uint64_t offset, std::span<const std::byte> buf) override {
+        return run([&](std::uint64_t t) { return store_.write(offset, buf, t); }, buf.size());
+    }
+    result<void> flush() override {
+        return run([&](std::uint64_t t) { return store_.flush(t); }, 0);
+    }
+    result<void> discard(std::uint64_t offset, std::uint64_t length) override {
+        return run([&](std::uint64_t t) { return store_.discard(offset, length, t); }, 0);
+    }
+    /// Completions of the shard's own operations that arrived while waiting.
+    std::vector<io_completion>& stash() noexcept { return stash_; }
+
+private:
+    static constexpr std::uint64_t tag_bit = 1ull << 63; // shard tags never set it
+
+    template <class Submit>
+    result<void> run(Submit submit, std::size_t expect) {
+        const std::uint64_t tag = tag_bit | ++next_;
+        MEMKV_TRY(submit(tag));
+        io_completion done[32];
+        for (;;) {
+            const std::size_t n = store_.poll(done);
+            std::optional<std::int64_t> res;
+            for (std::size_t i = 0; i < n; ++i) {
+                if (done[i].tag == tag) res = done[i].res;
+                else stash_.push_back(done[i]);
+            }
+            if (res) {
+                if (*res < 0) return errno_code(static_cast<int>(*res));
+                if (expect != 0 && static_cast<std::size_t>(*res) != expect) return errc::internal;
+                return {};
+            }
+            if (n == 0) {
+                if (store_.notify_fd() >= 0) {
+                    pollfd p{store_.notify_fd(), POLLIN, 0};
+                    ::poll(&p, 1, 100);
+                } else {
+                    ::sched_yield();
+                }
+            }
+        }
+    }
+
+    Store& store_;
+    std::uint64_t next_ = 0;
+    std::vector<io_completion> stash_;
+};
 
 /// A connection handed from the acceptor to its shard after handshake and attach.
 template <class Stream>
@@ -44,14 +107,29 @@ class server_shard {
 
 public:
     server_shard(std::uint32_t index, std::uint32_t count, const server_config& cfg, Store store,
-                 storage::engine eng, buffer_pool pool, shard_counters& counters)
-        : index_(index), count_(count), cfg_(cfg), store_(std::move(store)), engine_(std::move(eng)),
+                 buffer_pool pool, shard_counters& counters)
+        : index_(index), count_(count), cfg_(cfg), store_(std::move(store)), meta_io_(store_),
           pool_(std::move(pool)), counters_(counters) {}
 
     server_shard(const server_shard&) = delete;
     server_shard& operator=(const server_shard&) = delete;
 
-    result<void> init() noexcept {
+    /// Creates the engine over window `ecfg` of the store and recovers its index from the
+    /// drive. Call before run().
+    result<storage::recovery_stats> init(storage::engine::config ecfg) {
+        ecfg.io = &meta_io_;
+        auto e = storage::engine::create(ecfg);
+        if (!e) return e.error();
+        engine_ = std::move(*e);
+        auto rs = engine_.recover();
+        if (!rs) return rs.error();
+        MEMKV_TRY(init_loop());
+        publish_gauges();
+        return *rs;
+    }
+
+private:
+    result<void> init_loop() noexcept {
         epoll_.reset(::epoll_create1(EPOLL_CLOEXEC));
         wake_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
         if (!epoll_ || !wake_) return errno_code(errno);
@@ -59,6 +137,8 @@ public:
         if (store_.notify_fd() >= 0) MEMKV_TRY(add_fd(store_.notify_fd(), EPOLLIN, store_tag));
         return {};
     }
+
+public:
 
     /// Hands a connection to this shard (any thread). The shard replies to its attach.
     void adopt(std::unique_ptr<attached_connection<stream_type>> c) {
@@ -76,6 +156,7 @@ public:
     }
 
     std::uint32_t index() const noexcept { return index_; }
+    std::uint32_t block_size() const noexcept { return store_.block_size(); }
     const buffer_pool& pool() const noexcept { return pool_; }
 
     /// The shard's loop; returns after request_stop() once in-flight work is done or the drain
@@ -101,6 +182,10 @@ public:
         while (!conns_.empty()) close_connection(conns_.begin()->first);
         drain_store();
         doomed_.clear();
+        // Seal the open region so that the next start reads its summary instead of scanning.
+        if (auto r = engine_.seal_open_region(); !r)
+            log_warn("shard {}: sealing the open region at shutdown failed: {}", index_,
+                     r.error().message());
         publish_gauges();
     }
 
@@ -110,13 +195,19 @@ private:
 
     struct connection;
 
-    /// A PUT receiving its value: bytes land in pool buffers, full buffers are written.
+    /// A record being written: a PUT receiving its value (bytes land in pool buffers, full
+    /// buffers are written), or a DEL's tombstone. Then the header block is written, then (for
+    /// durable puts and every delete) the store is flushed, and only then is the record
+    /// published and acknowledged.
     struct put_op {
+        enum class phase { value, header, flush };
         std::uint64_t conn_id = 0, id = 0;
+        protocol::opcode op = protocol::opcode::put;
         storage::put_ticket ticket;
-        std::string meta;
-        std::uint16_t flags = 0;
-        std::uint64_t expires_ms = 0;
+        storage::record_info info;    // tenant, key, meta, flags, version, length, expiry, CRCs
+        std::uint16_t flags = 0;      // wire flags
+        phase stage = phase::value;
+        std::unique_ptr<storage::aligned_buffer> header;
         std::uint64_t received = 0;   // value bytes received so far
         std::byte* buf = nullptr;     // buffer being filled
         std::size_t fill = 0;         // bytes in buf
@@ -124,16 +215,16 @@ private:
         std::byte* next = nullptr;    // second buffer of a frame that straddles two
         unsigned writes = 0;          // store writes in flight (+ a flush)
         std::error_code failed;
-        std::vector<std::uint32_t> crcs;
         std::uint32_t crc = 0;        // running CRC of the current crc chunk
         std::uint64_t crc_len = 0;
-        bool flushing = false;
+        bool finished = false;        // replied (or abandoned); nothing more to do
     };
 
     /// A GET streaming its range: pieces are read into buffers and sent in offset order.
     struct get_op {
         std::uint64_t conn_id = 0, id = 0;
         storage::index_entry entry;  // copy: the index may change while we stream
+        std::string key;             // index key, to forget the entry if its bytes are damaged
         std::uint64_t range_off = 0, range_len = 0;
         std::uint64_t next_piece = 0, end_piece = 0; // pieces to read [next, end)
         struct piece {
@@ -152,8 +243,7 @@ private:
     struct io_ctx {
         std::shared_ptr<put_op> put;
         std::shared_ptr<get_op> get;
-        std::byte* buf = nullptr;
-        bool flush = false;
+        std::byte* buf = nullptr; // the pool buffer the I/O or frame uses, if any
     };
 
     struct connection {
@@ -336,8 +426,8 @@ private:
         ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, c.ch.stream().fd(), nullptr);
         for (auto& [rid, op] : c.puts) {
             if (!op->failed) op->failed = make_error_code(errc::closed);
-            if (op->writes == 0) finish_put(op);
         }
+        auto puts = std::move(c.puts); // finished below, once the connection is gone
         c.puts.clear();
         // Frames queued on the channel die with it: give back the buffers they borrowed.
         for (auto& [token, ctx] : sent_tokens_)
@@ -351,6 +441,7 @@ private:
         }
         counters_.connections.fetch_sub(1, std::memory_order_relaxed);
         conns_.erase(it);
+        for (auto& [rid, op] : puts) advance(op); // aborts those with no write in flight
     }
 
     std::vector<std::shared_ptr<get_op>> gets_of(std::uint64_t conn_id) {
@@ -370,9 +461,17 @@ private:
         counters_.pool_in_use.store(pool_.capacity() - pool_.available(),
                                     std::memory_order_relaxed);
         const auto s = engine_.stats();
-        counters_.entries.store(s.entries, std::memory_order_relaxed);
-        counters_.used_bytes.store(s.used_bytes, std::memory_order_relaxed);
-        counters_.evicted_regions.store(s.evicted_regions, std::memory_order_relaxed);
+        auto set = [](shard_counters::counter& c, std::uint64_t v) {
+            c.store(v, std::memory_order_relaxed);
+        };
+        set(counters_.entries, s.entries);
+        set(counters_.tombstones, s.tombstones);
+        set(counters_.used_bytes, s.used_bytes);
+        set(counters_.capacity_bytes, s.capacity_bytes);
+        set(counters_.evicted_regions, s.evicted_regions);
+        set(counters_.evicted_entries, s.evicted_entries);
+        set(counters_.discarded_bytes, s.discarded_bytes);
+        set(counters_.corrupt_records, s.corrupt_records);
     }
 
     // ---- replies ----------------------------------------------------------------------------
@@ -504,11 +603,23 @@ private:
         return frame_action::pause;
     }
 
+    /// A delete writes a tombstone record and flushes before it is acknowledged.
     void do_del(connection& c, std::uint64_t id, std::span<const std::byte> key) {
         counters_.dels.fetch_add(1, std::memory_order_relaxed);
         if (!owns(key)) return wrong_shard(c, protocol::opcode::del, id);
-        auto r = engine_.erase(storage::index_key(c.tenant, key));
-        reply(c, protocol::opcode::del, id, r ? std::error_code{} : r.error());
+        auto op = std::make_shared<put_op>();
+        op->conn_id = c.id;
+        op->id = id;
+        op->op = protocol::opcode::del;
+        op->info.tenant = c.tenant;
+        op->info.key.assign(reinterpret_cast<const char*>(key.data()), key.size());
+        op->info.flags = storage::record_flags::tombstone;
+        auto t = engine_.reserve_tombstone(storage::index_key(c.tenant, key),
+                                           storage::record_header_bytes(op->info), now_ms());
+        if (!t) return reply(c, protocol::opcode::del, id, t.error());
+        op->ticket = std::move(*t);
+        op->info.version = op->ticket.version;
+        advance(op);
     }
 
     void wrong_shard(connection& c, protocol::opcode op, std::uint64_t id) {
@@ -549,11 +660,25 @@ private:
             refuse = make_error_code(errc::wrong_shard);
             counters_.wrong_shard.fetch_add(1, std::memory_order_relaxed);
         }
-        std::optional<storage::put_ticket> ticket;
+        auto op = std::make_shared<put_op>();
+        op->conn_id = c.id;
+        op->id = id;
+        op->flags = flags;
+        op->info.tenant = c.tenant;
+        op->info.key.assign(reinterpret_cast<const char*>(key.data()), key.size());
+        op->info.meta.assign(reinterpret_cast<const char*>(meta.data()), meta.size());
+        op->info.flags = (flags & protocol::flags::pin) ? storage::record_flags::pinned : 0;
+        op->info.value_len = value_len;
+        op->info.expires_unix_ms = ttl_s ? storage::unix_ms() + ttl_s * 1000 : 0;
+        op->info.crcs.reserve(storage::crc_chunks(value_len));
         if (!refuse) {
+            // The header's size is known now: CRCs are 4 bytes per chunk of the value.
+            auto sized = op->info;
+            sized.crcs.resize(storage::crc_chunks(value_len));
             auto t = engine_.reserve(storage::index_key(c.tenant, key), value_len,
-                                     flags & protocol::flags::if_absent, now_ms());
-            if (t) ticket = std::move(*t);
+                                     flags & protocol::flags::if_absent,
+                                     storage::record_header_bytes(sized), now_ms());
+            if (t) op->ticket = std::move(*t);
             else refuse = t.error();
         }
         if (refuse) {
@@ -563,14 +688,8 @@ private:
             reply(c, protocol::opcode::put, id, refuse);
             return;
         }
-        auto op = std::make_shared<put_op>();
-        op->conn_id = c.id;
-        op->id = id;
-        op->ticket = std::move(*ticket);
-        op->meta.assign(reinterpret_cast<const char*>(meta.data()), meta.size());
-        op->flags = flags;
-        op->expires_ms = ttl_s ? now_ms() + ttl_s * 1000 : 0;
-        if (value_len == 0) return complete_put(op);
+        op->info.version = op->ticket.version;
+        if (value_len == 0) return advance(op);
         c.puts.emplace(id, std::move(op));
     }
 
@@ -636,7 +755,7 @@ private:
         }
         if (op->received == op->ticket.value_len) {
             c.puts.erase(op->id);
-            if (op->writes == 0) finish_put(op);
+            if (op->writes == 0) advance(op);
         }
     }
 
@@ -649,7 +768,7 @@ private:
             p += k;
             n -= k;
             if (op.crc_len == storage::crc_chunk_size) {
-                op.crcs.push_back(op.crc);
+                op.info.crcs.push_back(op.crc);
                 op.crc = 0;
                 op.crc_len = 0;
             }
@@ -666,7 +785,7 @@ private:
             return;
         }
         const auto tag = ++next_tag_;
-        auto r = store_.write(op->ticket.device_offset + op->buf_value_off,
+        auto r = store_.write(op->ticket.value_offset + op->buf_value_off,
                               std::span<const std::byte>(b, len), tag);
         if (!r) {
             op->failed = r.error();
@@ -675,7 +794,7 @@ private:
         }
         counters_.bytes_written.fetch_add(len, std::memory_order_relaxed);
         ++op->writes;
-        inflight_io_.emplace(tag, io_ctx{op, nullptr, b, false});
+        inflight_io_.emplace(tag, io_ctx{op, nullptr, b});
     }
 
     void release_buffer(std::uint64_t conn_id, std::byte* b) {
@@ -686,39 +805,59 @@ private:
         }
     }
 
-    void complete_put(const std::shared_ptr<put_op>& op) {
-        if (op->writes == 0) finish_put(op);
-    }
-
-    /// All bytes are in and written: flush if durable, then publish and reply.
-    void finish_put(const std::shared_ptr<put_op>& op) {
+    /// Moves a record write to its next phase once nothing of it is in flight: value written →
+    /// header block → flush (durable puts, every delete) → publish and acknowledge.
+    void advance(const std::shared_ptr<put_op>& op) {
+        if (op->writes != 0 || op->finished) return;
         if (op->buf) release_buffer(op->conn_id, std::exchange(op->buf, nullptr));
         if (op->next) release_buffer(op->conn_id, std::exchange(op->next, nullptr));
         auto* c = find_conn(op->conn_id);
-        if (op->failed || !c) {
+        if (!op->failed && !c) op->failed = make_error_code(errc::closed);
+        if (op->failed) {
+            op->finished = true;
             engine_.abort(std::move(op->ticket));
-            if (c) reply(*c, protocol::opcode::put, op->id, op->failed);
+            if (c) reply(*c, op->op, op->id, op->failed);
             return;
         }
-        if ((op->flags & protocol::flags::durable) && !op->flushing && op->ticket.value_len > 0) {
-            op->flushing = true;
-            const auto tag = ++next_tag_;
-            if (store_.flush(tag)) {
-                ++op->writes;
-                inflight_io_.emplace(tag, io_ctx{op, nullptr, nullptr, true});
-                return;
-            }
-            op->failed = make_error_code(errc::internal);
-            return finish_put(op);
-        }
-        if (op->crc_len > 0 || op->ticket.value_len == 0) {
-            if (op->ticket.value_len > 0) op->crcs.push_back(op->crc);
+        using phase = typename put_op::phase;
+        if (op->stage == phase::value) {
+            if (op->crc_len > 0) op->info.crcs.push_back(op->crc);
             op->crc_len = 0;
+            op->stage = phase::header;
+            op->header = std::make_unique<storage::aligned_buffer>(storage::meta_block);
+            engine_.header_block(op->ticket, op->info, op->header->block());
+            return submit_write(op, op->ticket.header_offset, op->header->span());
         }
-        auto r = engine_.commit(std::move(op->ticket), std::move(op->meta), std::move(op->crcs),
-                                op->expires_ms, op->flags & protocol::flags::pin);
-        if (r) counters_.bytes_in.fetch_add(op->received, std::memory_order_relaxed);
-        reply(*c, protocol::opcode::put, op->id, r ? std::error_code{} : r.error());
+        const bool flush = op->op == protocol::opcode::del || (op->flags & protocol::flags::durable);
+        if (op->stage == phase::header && flush) {
+            op->stage = phase::flush;
+            const auto tag = ++next_tag_;
+            if (auto r = store_.flush(tag); !r) {
+                op->failed = r.error();
+                return advance(op);
+            }
+            ++op->writes;
+            inflight_io_.emplace(tag, io_ctx{op, nullptr, nullptr});
+            return;
+        }
+        op->finished = true;
+        const auto bytes = op->ticket.value_len;
+        auto r = engine_.commit(std::move(op->ticket), std::move(op->info));
+        if (r && op->op == protocol::opcode::put)
+            counters_.bytes_in.fetch_add(bytes, std::memory_order_relaxed);
+        reply(*c, op->op, op->id, r ? std::error_code{} : r.error());
+    }
+
+    void submit_write(const std::shared_ptr<put_op>& op, std::uint64_t offset,
+                      std::span<const std::byte> bytes) {
+        const auto tag = ++next_tag_;
+        if (auto r = store_.write(offset, bytes, tag); !r) {
+            op->failed = r.error();
+            return advance(op);
+        }
+        counters_.bytes_written.fetch_add(bytes.size(), std::memory_order_relaxed);
+        ++op->writes;
+        inflight_io_.emplace(tag, io_ctx{op, nullptr, nullptr});
     }
 
     // ---- get --------------------------------------------------------------------------------
@@ -739,6 +878,7 @@ private:
         op->conn_id = c.id;
         op->id = id;
         op->entry = *e;
+        op->key = storage::index_key(c.tenant, key);
         op->range_off = offset;
         op->range_len = length == 0 ? e->value_len - offset : std::min(length, e->value_len - offset);
         const std::uint64_t bsize = pool_.buffer_size();
@@ -778,7 +918,7 @@ private:
             }
             ++op->in_store;
             counters_.bytes_read.fetch_add(aligned, std::memory_order_relaxed);
-            inflight_io_.emplace(tag, io_ctx{nullptr, op, b, false});
+            inflight_io_.emplace(tag, io_ctx{nullptr, op, b});
         }
     }
 
@@ -813,6 +953,7 @@ private:
             op->pieces.pop_front();
             if (!verify_piece(*op, p)) {
                 counters_.checksum_errors.fetch_add(1, std::memory_order_relaxed);
+                engine_.drop_corrupt(op->key, op->entry.version); // a miss from now on
                 release_buffer(c.id, p.buf);
                 return fail_get(c, op, make_error_code(errc::checksum));
             }
@@ -834,7 +975,7 @@ private:
             h.value_len = op->range_len;
             h.offset = from - op->range_off;
             const auto token = ++next_tag_;
-            sent_tokens_.emplace(token, io_ctx{nullptr, op, p.buf, false});
+            sent_tokens_.emplace(token, io_ctx{nullptr, op, p.buf});
             ++op->in_channel;
             c.ch.send(h, std::move(body), bytes, token);
             counters_.bytes_out.fetch_add(bytes.size(), std::memory_order_relaxed);
@@ -906,6 +1047,11 @@ private:
     // ---- store completions ------------------------------------------------------------------
 
     void drain_store() {
+        while (!meta_io_.stash().empty()) {
+            auto stashed = std::move(meta_io_.stash());
+            meta_io_.stash().clear();
+            for (const auto& c : stashed) on_io(c);
+        }
         io_completion done[64];
         for (;;) {
             const std::size_t n = store_.poll(done);
@@ -932,7 +1078,7 @@ private:
             --op->writes;
             if (ctx.buf) release_buffer(op->conn_id, ctx.buf);
             if (done.res < 0 && !op->failed) op->failed = errno_code(static_cast<int>(done.res));
-            if (op->writes == 0 && op->received == op->ticket.value_len) finish_put(op);
+            if (op->received == op->ticket.value_len || !find_conn(op->conn_id)) advance(op);
             return;
         }
         auto& op = ctx.get;
@@ -969,6 +1115,7 @@ private:
     std::uint32_t index_, count_;
     const server_config& cfg_;
     Store store_;
+    store_meta_io<Store> meta_io_;
     storage::engine engine_;
     buffer_pool pool_;
     shard_counters& counters_;

@@ -25,7 +25,8 @@ struct shard_counters {
     counter out_of_order_replies{0}; ///< replies sent while an older request was pending
     counter max_pipeline_depth{0};   ///< gauge: most requests pending on one connection
     counter connections{0};          ///< gauge
-    counter entries{0}, used_bytes{0}, evicted_regions{0}; ///< gauges from the engine
+    counter entries{0}, tombstones{0}, used_bytes{0}, capacity_bytes{0}; ///< gauges (engine)
+    counter evicted_regions{0}, evicted_entries{0}, discarded_bytes{0}, corrupt_records{0};
     counter pool_in_use{0}, pool_high_water{0};            ///< gauges: bounce buffers
 
     /// Name/value pairs (names as in the stats reply), each prefixed with "shardN.".
@@ -55,7 +56,12 @@ struct shard_counters {
             {p + "connections", v(connections)},
             {p + "entries", v(entries)},
             {p + "used_bytes", v(used_bytes)},
+            {p + "tombstones", v(tombstones)},
+            {p + "capacity_bytes", v(capacity_bytes)},
             {p + "evicted_regions", v(evicted_regions)},
+            {p + "evicted_entries", v(evicted_entries)},
+            {p + "discarded_bytes", v(discarded_bytes)},
+            {p + "corrupt_records", v(corrupt_records)},
             {p + "pool_in_use", v(pool_in_use)},
             {p + "pool_high_water", v(pool_high_water)},
         };

@@ -18,6 +18,9 @@ namespace memkv {
 /// never rely on it.
 class memory_store {
 public:
+    /// Nothing survives the process: no superblock, a fresh store every start.
+    static constexpr bool persistent = false;
+
     struct config {
         std::uint64_t capacity = 1ull << 30; ///< bytes; rounded up to the block size
         std::uint32_t block_size = 4096;     ///< power of two, >= 512
@@ -51,6 +54,13 @@ public:
     }
     ~memory_store() {
         if (data_) ::munmap(data_, capacity_);
+    }
+
+    /// Each shard gets its own memory: capacity / shards bytes.
+    static config shard_config(const config& c, std::uint32_t, std::uint32_t shards) noexcept {
+        config s = c;
+        s.capacity = c.capacity / shards;
+        return s;
     }
 
     std::uint32_t block_size() const noexcept { return block_size_; }
