@@ -244,6 +244,7 @@ private:
         std::shared_ptr<put_op> put;
         std::shared_ptr<get_op> get;
         std::byte* buf = nullptr; // the pool buffer the I/O or frame uses, if any
+        std::uint64_t expect = 0; // bytes the operation must transfer (0: flush)
     };
 
     struct connection {
@@ -794,7 +795,7 @@ private:
         }
         counters_.bytes_written.fetch_add(len, std::memory_order_relaxed);
         ++op->writes;
-        inflight_io_.emplace(tag, io_ctx{op, nullptr, b});
+        inflight_io_.emplace(tag, io_ctx{op, nullptr, b, len});
     }
 
     void release_buffer(std::uint64_t conn_id, std::byte* b) {
@@ -857,7 +858,7 @@ private:
         }
         counters_.bytes_written.fetch_add(bytes.size(), std::memory_order_relaxed);
         ++op->writes;
-        inflight_io_.emplace(tag, io_ctx{op, nullptr, nullptr});
+        inflight_io_.emplace(tag, io_ctx{op, nullptr, nullptr, bytes.size()});
     }
 
     // ---- get --------------------------------------------------------------------------------
@@ -918,7 +919,7 @@ private:
             }
             ++op->in_store;
             counters_.bytes_read.fetch_add(aligned, std::memory_order_relaxed);
-            inflight_io_.emplace(tag, io_ctx{nullptr, op, b});
+            inflight_io_.emplace(tag, io_ctx{nullptr, op, b, aligned});
         }
     }
 
@@ -1068,11 +1069,14 @@ private:
         }
     }
 
-    void on_io(const io_completion& done) {
+    void on_io(io_completion done) {
         auto it = inflight_io_.find(done.tag);
         if (it == inflight_io_.end()) return;
         auto ctx = std::move(it->second);
         inflight_io_.erase(it);
+        // A short transfer is an error here: stores complete whole operations (concept rule 2).
+        if (done.res >= 0 && static_cast<std::uint64_t>(done.res) != ctx.expect)
+            done = {done.tag, -EIO};
         if (ctx.put) {
             auto& op = ctx.put;
             --op->writes;
