@@ -66,8 +66,8 @@ public:
             if (!whole) return whole.error();
             auto r = open_superblock(*whole, c, sb);
             if (!r) return r.error();
-            window = (sb.capacity - storage::data_offset) / c.shards / sb.region_size *
-                     sb.region_size;
+            window =
+                (sb.capacity - storage::data_offset) / c.shards / sb.region_size * sb.region_size;
             base = storage::data_offset;
         } else {
             sb = fresh_superblock(c, 0);
@@ -94,8 +94,8 @@ public:
             ec.max_value = c.limits.max_value;
             auto rs = s->shards_.back()->init(ec);
             if (!rs) {
-                detail::log_error("shard {}: cannot start over {} bytes with {}-byte regions: {}", i,
-                                  window, sb.region_size, rs.error().message());
+                detail::log_error("shard {}: cannot start over {} bytes with {}-byte regions: {}",
+                                  i, window, sb.region_size, rs.error().message());
                 return rs.error();
             }
             s->recovered_.entries += rs->entries;
@@ -150,7 +150,8 @@ public:
         wake_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
         if (!epoll_ || !wake_) return errno_code(errno);
         add(wake_.get(), wake_tag);
-        for (std::size_t i = 0; i < listeners_.size(); ++i) add(listeners_[i].fd(), i);
+        for (std::size_t i = 0; i < listeners_.size(); ++i)
+            add(listeners_[i].fd(), i);
         for (std::uint32_t i = 0; i < shards_.size(); ++i) {
             threads_.emplace_back([this, i] {
                 pin(i);
@@ -171,8 +172,10 @@ public:
         std::uint64_t one = 1;
         [[maybe_unused]] auto r = ::write(wake_.get(), &one, sizeof(one));
         if (acceptor_.joinable()) acceptor_.join();
-        for (auto& s : shards_) s->request_stop();
-        for (auto& t : threads_) t.join();
+        for (auto& s : shards_)
+            s->request_stop();
+        for (auto& t : threads_)
+            t.join();
         threads_.clear();
     }
 
@@ -193,8 +196,10 @@ private:
     static constexpr std::uint64_t wake_tag = ~0ull;
     static constexpr std::uint64_t pending_base = 1ull << 32;
     static constexpr bool persistent = [] {
-        if constexpr (requires { Store::persistent; }) return Store::persistent;
-        else return true;
+        if constexpr (requires { Store::persistent; })
+            return Store::persistent;
+        else
+            return true;
     }();
 
     static std::uint64_t random_u64() {
@@ -209,8 +214,8 @@ private:
         sb.record_seed = random_u64();
         sb.block_size = storage::meta_block;
         const auto region = c.region_size ? c.region_size : 2 * c.limits.max_value;
-        sb.region_size = (region + storage::meta_block - 1) / storage::meta_block *
-                         storage::meta_block;
+        sb.region_size =
+            (region + storage::meta_block - 1) / storage::meta_block * storage::meta_block;
         sb.shard_count = c.shards;
         sb.capacity = capacity;
         sb.max_value = c.limits.max_value;
@@ -220,7 +225,8 @@ private:
 
     /// Reads both superblock copies and decides: use, format (blank store, or allowed wipe),
     /// or refuse with a message that says what to do.
-    static result<void> open_superblock(Store& st, const server_config& c, storage::superblock& sb) {
+    static result<void> open_superblock(Store& st, const server_config& c,
+                                        storage::superblock& sb) {
         store_meta_io_t io(st);
         storage::aligned_buffer buf(2 * storage::meta_block);
         if (st.capacity() < storage::data_offset + 4 * storage::meta_block) return errc::no_space;
@@ -244,11 +250,13 @@ private:
                 format = true;
             } else if (sb.capacity > st.capacity()) {
                 detail::log_error("the store is smaller ({} bytes) than when it was formatted ({} "
-                                  "bytes)", st.capacity(), sb.capacity);
+                                  "bytes)",
+                                  st.capacity(), sb.capacity);
                 return errc::rejected;
             } else if (sb.max_value < c.limits.max_value) {
                 detail::log_error("the store was formatted for values up to {} bytes; start with "
-                                  "that cap or wipe it", sb.max_value);
+                                  "that cap or wipe it",
+                                  sb.max_value);
                 return errc::rejected;
             }
         } else if (sa == state::blank && sbs == state::blank) {
@@ -272,8 +280,8 @@ private:
         storage::encode_superblock(sb, buf.block(storage::meta_block));
         MEMKV_TRY(io.write(0, {buf.data(), storage::meta_block}));
         MEMKV_TRY(io.flush());
-        MEMKV_TRY(io.write(storage::meta_block, {buf.data() + storage::meta_block,
-                                                 storage::meta_block}));
+        MEMKV_TRY(
+            io.write(storage::meta_block, {buf.data() + storage::meta_block, storage::meta_block}));
         MEMKV_TRY(io.flush());
         // Every region header of the old format is now meaningless: records are keyed by the
         // new seed, so none of them can be taken for valid.
@@ -311,8 +319,7 @@ private:
         std::uint64_t attach_id = 0;
         bool bad = false;
 
-        detail::frame_action on_frame(const protocol::frame_header& h,
-                                      std::span<const std::byte>) {
+        detail::frame_action on_frame(const protocol::frame_header& h, std::span<const std::byte>) {
             if (attached || h.is_reply() || h.code() != protocol::opcode::attach ||
                 h.body_len != 0 || h.payload_len != 0 || h.request_id == 0) {
                 bad = true;
@@ -333,8 +340,10 @@ private:
             for (int i = 0; i < n; ++i) {
                 const auto tag = events[i].data.u64;
                 if (tag == wake_tag) continue;
-                if (tag < listeners_.size()) accept_all(listeners_[tag]);
-                else step(tag);
+                if (tag < listeners_.size())
+                    accept_all(listeners_[tag]);
+                else
+                    step(tag);
             }
             expire();
         }
@@ -352,7 +361,12 @@ private:
                                        detail::server_handshake<stream_type>(
                                            std::move(*s), cfg_.keys, cfg_.shards,
                                            detail::clock::now() + cfg_.handshake_timeout),
-                                       nullptr, {}, false, 0, 0, false});
+                                       nullptr,
+                                       {},
+                                       false,
+                                       0,
+                                       0,
+                                       false});
             add(fd, id);
         }
     }

@@ -15,13 +15,23 @@
 
 namespace memkv::test {
 
+/// A loopback configuration on an ephemeral port.
+inline server_config make_config(std::uint32_t shards = 2) {
+    server_config cfg;
+    cfg.listen = {"127.0.0.1:0"};
+    cfg.shards = shards;
+    return cfg;
+}
+
 /// A memory_store server over TCP (and a Unix socket when `with_unix`) on an ephemeral port.
 struct server_fixture {
     std::unique_ptr<memory_server> server;
     std::string tcp_endpoint;
     std::string unix_endpoint;
 
-    explicit server_fixture(server_config cfg = make_config(), std::uint64_t capacity = 1ull << 30,
+    static server_config make_config(std::uint32_t shards = 2) { return test::make_config(shards); }
+
+    explicit server_fixture(server_config cfg = test::make_config(), std::uint64_t capacity = 1ull << 30,
                             bool with_unix = false) {
         if (with_unix)
             cfg.listen.push_back("unix:/tmp/memkv-test-" + std::to_string(::getpid()) + "-" +
@@ -32,13 +42,6 @@ struct server_fixture {
         if (auto r = server->start(); !r) fail("start", r.error());
         tcp_endpoint = server->endpoints()[0];
         if (with_unix) unix_endpoint = server->endpoints()[1];
-    }
-
-    static server_config make_config(std::uint32_t shards = 2) {
-        server_config cfg;
-        cfg.listen = {"127.0.0.1:0"};
-        cfg.shards = shards;
-        return cfg;
     }
 
     /// A client of this server (shares nothing with other clients).

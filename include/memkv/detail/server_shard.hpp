@@ -68,8 +68,10 @@ private:
             const std::size_t n = store_.poll(done);
             std::optional<std::int64_t> res;
             for (std::size_t i = 0; i < n; ++i) {
-                if (done[i].tag == tag) res = done[i].res;
-                else stash_.push_back(done[i]);
+                if (done[i].tag == tag)
+                    res = done[i].res;
+                else
+                    stash_.push_back(done[i]);
             }
             if (res) {
                 if (*res < 0) return errno_code(static_cast<int>(*res));
@@ -139,7 +141,6 @@ private:
     }
 
 public:
-
     /// Hands a connection to this shard (any thread). The shard replies to its attach.
     void adopt(std::unique_ptr<attached_connection<stream_type>> c) {
         {
@@ -168,18 +169,21 @@ public:
             const bool stopping = stopping_.load(std::memory_order_acquire);
             if (stopping && drain_deadline == clock::time_point{}) {
                 drain_deadline = clock::now() + cfg_.drain_timeout;
-                for (auto& [id, c] : conns_) c->draining = true, mark(*c);
+                for (auto& [id, c] : conns_)
+                    c->draining = true, mark(*c);
             }
             if (stopping && (idle() || clock::now() >= drain_deadline)) break;
             update_interest();
             const int timeout = stopping ? 10 : 1000;
             int n = ::epoll_wait(epoll_.get(), events, 64, timeout);
-            for (int i = 0; i < n; ++i) on_event(events[i]);
+            for (int i = 0; i < n; ++i)
+                on_event(events[i]);
             drain_store();
             close_doomed();
             publish_gauges();
         }
-        while (!conns_.empty()) close_connection(conns_.begin()->first);
+        while (!conns_.empty())
+            close_connection(conns_.begin()->first);
         drain_store();
         doomed_.clear();
         // Seal the open region so that the next start reads its summary instead of scanning.
@@ -204,27 +208,27 @@ private:
         std::uint64_t conn_id = 0, id = 0;
         protocol::opcode op = protocol::opcode::put;
         storage::put_ticket ticket;
-        storage::record_info info;    // tenant, key, meta, flags, version, length, expiry, CRCs
-        std::uint16_t flags = 0;      // wire flags
+        storage::record_info info; // tenant, key, meta, flags, version, length, expiry, CRCs
+        std::uint16_t flags = 0;   // wire flags
         phase stage = phase::value;
         std::unique_ptr<storage::aligned_buffer> header;
-        std::uint64_t received = 0;   // value bytes received so far
-        std::byte* buf = nullptr;     // buffer being filled
-        std::size_t fill = 0;         // bytes in buf
+        std::uint64_t received = 0; // value bytes received so far
+        std::byte* buf = nullptr;   // buffer being filled
+        std::size_t fill = 0;       // bytes in buf
         std::uint64_t buf_value_off = 0;
-        std::byte* next = nullptr;    // second buffer of a frame that straddles two
-        unsigned writes = 0;          // store writes in flight (+ a flush)
+        std::byte* next = nullptr; // second buffer of a frame that straddles two
+        unsigned writes = 0;       // store writes in flight (+ a flush)
         std::error_code failed;
-        std::uint32_t crc = 0;        // running CRC of the current crc chunk
+        std::uint32_t crc = 0; // running CRC of the current crc chunk
         std::uint64_t crc_len = 0;
-        bool finished = false;        // replied (or abandoned); nothing more to do
+        bool finished = false; // replied (or abandoned); nothing more to do
     };
 
     /// A GET streaming its range: pieces are read into buffers and sent in offset order.
     struct get_op {
         std::uint64_t conn_id = 0, id = 0;
-        storage::index_entry entry;  // copy: the index may change while we stream
-        std::string key;             // index key, to forget the entry if its bytes are damaged
+        storage::index_entry entry; // copy: the index may change while we stream
+        std::string key;            // index key, to forget the entry if its bytes are damaged
         std::uint64_t range_off = 0, range_len = 0;
         std::uint64_t next_piece = 0, end_piece = 0; // pieces to read [next, end)
         struct piece {
@@ -252,7 +256,7 @@ private:
         channel_type ch;
         std::string tenant;
         std::uint64_t last_request = 0;
-        std::set<std::uint64_t> pending;                   // requests not yet answered
+        std::set<std::uint64_t> pending; // requests not yet answered
         std::unordered_map<std::uint64_t, std::shared_ptr<put_op>> puts; // awaiting payload
         std::unordered_map<std::uint64_t, std::uint64_t> dropping;       // id -> value_len
         std::size_t held = 0; // pool buffers held by this connection's requests
@@ -392,7 +396,8 @@ private:
     void flush(connection& c) {
         if (c.dead) return;
         if (auto r = c.ch.flush(); !r) return fail_connection(c, r.error());
-        for (auto token : c.ch.sent_tokens()) on_sent(token);
+        for (auto token : c.ch.sent_tokens())
+            on_sent(token);
         c.ch.sent_tokens().clear();
     }
 
@@ -416,7 +421,8 @@ private:
     }
 
     void close_doomed() {
-        for (auto id : doomed_) close_connection(id);
+        for (auto id : doomed_)
+            close_connection(id);
         doomed_.clear();
     }
 
@@ -442,7 +448,8 @@ private:
         }
         counters_.connections.fetch_sub(1, std::memory_order_relaxed);
         conns_.erase(it);
-        for (auto& [rid, op] : puts) advance(op); // aborts those with no write in flight
+        for (auto& [rid, op] : puts)
+            advance(op); // aborts those with no write in flight
     }
 
     std::vector<std::shared_ptr<get_op>> gets_of(std::uint64_t conn_id) {
@@ -478,9 +485,9 @@ private:
     // ---- replies ----------------------------------------------------------------------------
 
     static std::uint64_t now_ms() noexcept {
-        return static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
-                                              clock::now().time_since_epoch())
-                                              .count());
+        return static_cast<std::uint64_t>(
+            std::chrono::duration_cast<std::chrono::milliseconds>(clock::now().time_since_epoch())
+                .count());
     }
 
     protocol::frame_header reply_header(protocol::opcode op, std::uint64_t id,
@@ -523,8 +530,7 @@ private:
         c.pending.insert(id);
         const auto depth = c.pending.size();
         auto& hw = counters_.max_pipeline_depth;
-        if (depth > hw.load(std::memory_order_relaxed))
-            hw.store(depth, std::memory_order_relaxed);
+        if (depth > hw.load(std::memory_order_relaxed)) hw.store(depth, std::memory_order_relaxed);
         counters_.requests.fetch_add(1, std::memory_order_relaxed);
         return true;
     }
@@ -553,8 +559,10 @@ private:
             if (h.payload_len || !begin_request(c, h.request_id)) return protocol_error(c);
             auto km = protocol::split_key_meta(h, body, cfg_.limits);
             if (!km) return protocol_error(c);
-            if (h.code() == opcode::get) start_get(c, h.request_id, km->key, h.offset, h.length);
-            else do_del(c, h.request_id, km->key);
+            if (h.code() == opcode::get)
+                start_get(c, h.request_id, km->key, h.offset, h.length);
+            else
+                do_del(c, h.request_id, km->key);
             return frame_action::discard;
         }
         case opcode::exists:
@@ -582,9 +590,14 @@ private:
                 case opcode::put:
                     start_put(c, s.id, s.key, s.meta, s.flags, s.value_len, s.length);
                     break;
-                case opcode::get: start_get(c, s.id, s.key, s.offset, s.length); break;
-                case opcode::del: do_del(c, s.id, s.key); break;
-                default: return protocol_error(c);
+                case opcode::get:
+                    start_get(c, s.id, s.key, s.offset, s.length);
+                    break;
+                case opcode::del:
+                    do_del(c, s.id, s.key);
+                    break;
+                default:
+                    return protocol_error(c);
                 }
             }
             return frame_action::discard;
@@ -592,7 +605,8 @@ private:
         case opcode::data:
             if (h.body_len) return protocol_error(c);
             return data_target(c, h.request_id, h.offset, h.payload_len);
-        case opcode::attach: return protocol_error(c);
+        case opcode::attach:
+            return protocol_error(c);
         }
         return protocol_error(c);
     }
@@ -628,7 +642,8 @@ private:
         reply(c, op, id, make_error_code(errc::wrong_shard));
     }
 
-    void do_exists(connection& c, const protocol::frame_header& h, std::span<const std::byte> body) {
+    void do_exists(connection& c, const protocol::frame_header& h,
+                   std::span<const std::byte> body) {
         auto keys = protocol::decode_exists_request(h, body, cfg_.limits);
         if (!keys) return reply(c, protocol::opcode::exists, h.request_id, keys.error());
         protocol::exists_reply r;
@@ -679,8 +694,10 @@ private:
             auto t = engine_.reserve(storage::index_key(c.tenant, key), value_len,
                                      flags & protocol::flags::if_absent,
                                      storage::record_header_bytes(sized), now_ms());
-            if (t) op->ticket = std::move(*t);
-            else refuse = t.error();
+            if (t)
+                op->ticket = std::move(*t);
+            else
+                refuse = t.error();
         }
         if (refuse) {
             if (refuse == make_error_code(errc::exists))
@@ -829,7 +846,8 @@ private:
             engine_.header_block(op->ticket, op->info, op->header->block());
             return submit_write(op, op->ticket.header_offset, op->header->span());
         }
-        const bool flush = op->op == protocol::opcode::del || (op->flags & protocol::flags::durable);
+        const bool flush =
+            op->op == protocol::opcode::del || (op->flags & protocol::flags::durable);
         if (op->stage == phase::header && flush) {
             op->stage = phase::flush;
             const auto tag = ++next_tag_;
@@ -881,7 +899,8 @@ private:
         op->entry = *e;
         op->key = storage::index_key(c.tenant, key);
         op->range_off = offset;
-        op->range_len = length == 0 ? e->value_len - offset : std::min(length, e->value_len - offset);
+        op->range_len =
+            length == 0 ? e->value_len - offset : std::min(length, e->value_len - offset);
         const std::uint64_t bsize = pool_.buffer_size();
         op->next_piece = op->range_off / bsize;
         op->end_piece = op->range_len == 0 ? op->next_piece
@@ -956,7 +975,10 @@ private:
                 counters_.checksum_errors.fetch_add(1, std::memory_order_relaxed);
                 engine_.drop_corrupt(op->key, op->entry.version); // a miss from now on
                 release_buffer(c.id, p.buf);
-                return fail_get(c, op, make_error_code(errc::checksum));
+                // Damaged stored bytes are a counted miss; once part of the value went out,
+                // the request fails instead (the client discards what it got).
+                return fail_get(
+                    c, op, make_error_code(op->header_sent ? errc::checksum : errc::not_found));
             }
             const std::uint64_t pstart = p.index * bsize;
             const std::uint64_t from = std::max(pstart, op->range_off);
@@ -1051,13 +1073,15 @@ private:
         while (!meta_io_.stash().empty()) {
             auto stashed = std::move(meta_io_.stash());
             meta_io_.stash().clear();
-            for (const auto& c : stashed) on_io(c);
+            for (const auto& c : stashed)
+                on_io(c);
         }
         io_completion done[64];
         for (;;) {
             const std::size_t n = store_.poll(done);
             if (n == 0) break;
-            for (std::size_t i = 0; i < n; ++i) on_io(done[i]);
+            for (std::size_t i = 0; i < n; ++i)
+                on_io(done[i]);
         }
         // Gets that waited for buffers.
         if (!waiting_gets_.empty() && pool_.available() > 0) {
@@ -1112,7 +1136,8 @@ private:
         auto named = counters_.snapshot(index_);
         std::vector<std::pair<std::string_view, std::uint64_t>> view;
         view.reserve(named.size());
-        for (const auto& [n, v] : named) view.emplace_back(n, v);
+        for (const auto& [n, v] : named)
+            view.emplace_back(n, v);
         return protocol::encode_stats(view);
     }
 

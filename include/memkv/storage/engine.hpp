@@ -88,8 +88,8 @@ private:
 struct index_entry {
     std::uint64_t device_offset = 0; ///< first byte of the value (its header is one block before)
     std::uint64_t value_len = 0;
-    std::uint64_t version = 0;       ///< per shard, monotonic; newer records win
-    std::uint64_t expires_ms = 0;    ///< wall clock ms, 0 = never
+    std::uint64_t version = 0;    ///< per shard, monotonic; newer records win
+    std::uint64_t expires_ms = 0; ///< wall clock ms, 0 = never
     std::uint32_t region = 0;
     bool pinned = false;
     bool tombstone = false;          ///< a delete, kept until its region is reclaimed
@@ -101,7 +101,7 @@ struct index_entry {
 /// or abort(). The caller writes the value at value_offset, then the header block built by
 /// header_block() at header_offset, and commits when both writes completed.
 struct put_ticket {
-    std::string key;              ///< index key (tenant '\0' key)
+    std::string key; ///< index key (tenant '\0' key)
     std::uint64_t header_offset = 0;
     std::uint64_t value_offset = 0;
     std::uint64_t value_len = 0;
@@ -152,9 +152,9 @@ public:
         std::uint64_t region_size = 128ull << 20; ///< bytes per region (block multiple)
         std::uint32_t block_size = 4096;
         std::uint32_t shard = 0;
-        std::uint64_t seed = 0;                   ///< superblock.record_seed
+        std::uint64_t seed = 0; ///< superblock.record_seed
         std::uint64_t max_value = 64ull << 20;
-        meta_io* io = nullptr;                    ///< borrowed; outlives the engine
+        meta_io* io = nullptr; ///< borrowed; outlives the engine
     };
 
     static result<engine> create(config cfg) {
@@ -167,7 +167,8 @@ public:
         engine e;
         e.cfg_ = cfg;
         e.regions_.resize(n);
-        for (std::uint32_t i = 0; i < n; ++i) e.free_.push_back(i);
+        for (std::uint32_t i = 0; i < n; ++i)
+            e.free_.push_back(i);
         return e;
     }
 
@@ -320,14 +321,14 @@ public:
 
 private:
     struct region_slot {
-        std::uint64_t used = 0;         // append pointer (from region start)
+        std::uint64_t used = 0;          // append pointer (from region start)
         std::uint64_t summary_bytes = 0; // bytes the summary will need
         std::uint64_t live_bytes = 0;
         std::uint64_t generation = 0;
         std::uint64_t seq = 0;
-        std::uint32_t pins = 0;         // in-flight reads and writes
+        std::uint32_t pins = 0; // in-flight reads and writes
         bool sealed = false;
-        std::vector<std::string> keys;  // index keys written here (some may have moved on)
+        std::vector<std::string> keys; // index keys written here (some may have moved on)
     };
 
     std::uint64_t round_up(std::uint64_t n) const noexcept {
@@ -422,9 +423,8 @@ private:
             entries.push_back(std::move(s));
         }
         // The same key may appear twice in r.keys (overwritten in this region): keep one.
-        std::sort(entries.begin(), entries.end(), [](const auto& a, const auto& b) {
-            return a.region_offset < b.region_offset;
-        });
+        std::sort(entries.begin(), entries.end(),
+                  [](const auto& a, const auto& b) { return a.region_offset < b.region_offset; });
         entries.erase(std::unique(entries.begin(), entries.end(),
                                   [](const auto& a, const auto& b) {
                                       return a.region_offset == b.region_offset;
@@ -510,9 +510,10 @@ private:
             aligned_buffer sum(round_up(t.summary_len));
             MEMKV_TRY(cfg_.io->read(region_offset(id) + t.summary_offset, sum.span()));
             std::vector<summary_entry> entries;
-            if (decode_summary({sum.data(), t.summary_len}, r.generation, cfg_.seed,
-                               cfg_.max_value, entries)) {
-                for (auto& e : entries) adopt(id, e.region_offset, std::move(e.info));
+            if (decode_summary({sum.data(), t.summary_len}, r.generation, cfg_.seed, cfg_.max_value,
+                               entries)) {
+                for (auto& e : entries)
+                    adopt(id, e.region_offset, std::move(e.info));
                 r.used = t.summary_offset;
                 ++rs.regions_summarised;
                 return {};
@@ -541,7 +542,8 @@ private:
             std::span<const std::byte, meta_block> b(buf.data() + (pos - buf_start), meta_block);
             record_info info;
             const auto loc = region_offset(id) + pos;
-            const auto c = decode_record_header(b, loc, r.generation, cfg_.seed, cfg_.max_value, info);
+            const auto c =
+                decode_record_header(b, loc, r.generation, cfg_.seed, cfg_.max_value, info);
             if (c == header_check::valid) {
                 const auto next = pos + meta_block + round_up(info.value_len);
                 if (next > end) {

@@ -44,15 +44,15 @@ struct superblock {
     std::uint32_t block_size = 4096;
     std::uint64_t region_size = 0;
     std::uint32_t shard_count = 0;
-    std::uint64_t capacity = 0;       ///< bytes of the whole store (superblock area included)
+    std::uint64_t capacity = 0; ///< bytes of the whole store (superblock area included)
     std::uint64_t max_value = 0;
     std::uint64_t created_unix = 0;
 };
 
 enum class superblock_state {
-    valid,      ///< a memkv superblock this build understands
-    blank,      ///< no memkv magic in either copy: never formatted
-    corrupt,    ///< memkv magic but no copy passes its checksum
+    valid,        ///< a memkv superblock this build understands
+    blank,        ///< no memkv magic in either copy: never formatted
+    corrupt,      ///< memkv magic but no copy passes its checksum
     incompatible, ///< a memkv format this build cannot read
 };
 
@@ -82,7 +82,8 @@ inline superblock_state decode_superblock(std::span<const std::byte, meta_block>
     using namespace protocol;
     const std::byte* p = in.data();
     if (load_le64(p) != superblock_magic) return superblock_state::blank;
-    if (load_le32(p + meta_block - 4) != crc32c(p, meta_block - 4)) return superblock_state::corrupt;
+    if (load_le32(p + meta_block - 4) != crc32c(p, meta_block - 4))
+        return superblock_state::corrupt;
     s.version = load_le32(p + 8);
     s.compat = load_le64(p + 16);
     s.incompat = load_le64(p + 24);
@@ -166,7 +167,7 @@ struct record_info {
     std::string tenant;
     std::string key;
     std::string meta;
-    std::vector<std::uint32_t> crcs;   ///< CRC32C per 256 KiB chunk of the value
+    std::vector<std::uint32_t> crcs; ///< CRC32C per 256 KiB chunk of the value
 };
 
 /// Bytes a record header needs before padding (fixed part, strings, CRCs).
@@ -215,8 +216,9 @@ inline void encode_record_header(const record_info& r, std::uint64_t location, s
 enum class header_check { valid, absent, corrupt };
 
 /// Decodes a record header expected at `location` in a region of generation `gen`. `absent`:
-/// no record magic (or a header of another location or generation: stale, not damage);
-/// `corrupt`: magic present but the checksum or a length fails.
+/// no record magic, or a header of another generation (stale, not damage); `corrupt`: magic
+/// present but the checksum or a length fails, or a valid header of this generation sits in
+/// the wrong place (copied or misdirected).
 inline header_check decode_record_header(std::span<const std::byte, meta_block> in,
                                          std::uint64_t location, std::uint64_t gen,
                                          std::uint64_t seed, std::uint64_t max_value,
@@ -226,8 +228,14 @@ inline header_check decode_record_header(std::span<const std::byte, meta_block> 
     if (load_le32(p) != record_magic) return header_check::absent;
     const auto len = load_le32(p + 8);
     if (len < 72 || len > meta_block) return header_check::corrupt;
-    if (load_le64(p + 64) != keyed_checksum({p, len}, seed)) return header_check::corrupt;
-    if (load_le64(p + 16) != location || load_le64(p + 24) != gen) return header_check::absent;
+    std::array<std::byte, meta_block> copy; // the checksum was computed with its field zero
+    std::memcpy(copy.data(), p, len);
+    std::memset(copy.data() + 64, 0, 8);
+    if (load_le64(p + 64) != keyed_checksum({copy.data(), len}, seed)) return header_check::corrupt;
+    // Another generation: left over from an earlier use of the region (stale, not damage).
+    if (load_le64(p + 24) != gen) return header_check::absent;
+    // A valid header of this generation in the wrong place was copied or misdirected.
+    if (load_le64(p + 16) != location) return header_check::corrupt;
     r.flags = load_le16(p + 4);
     const std::size_t tenant_len = load_le16(p + 6);
     const std::size_t key_len = load_le16(p + 12);
@@ -245,7 +253,8 @@ inline header_check decode_record_header(std::span<const std::byte, meta_block> 
     r.meta.assign(q + tenant_len + key_len, meta_len);
     const std::byte* c = p + 72 + tenant_len + key_len + meta_len;
     r.crcs.resize(ncrc);
-    for (std::size_t i = 0; i < ncrc; ++i) r.crcs[i] = load_le32(c + 4 * i);
+    for (std::size_t i = 0; i < ncrc; ++i)
+        r.crcs[i] = load_le32(c + 4 * i);
     return header_check::valid;
 }
 
@@ -262,7 +271,8 @@ inline std::vector<std::byte> encode_summary(std::span<const summary_entry> entr
                                              std::uint64_t gen, std::uint64_t seed) {
     using namespace protocol;
     std::size_t n = 24;
-    for (const auto& e : entries) n += 12 + record_header_bytes(e.info);
+    for (const auto& e : entries)
+        n += 12 + record_header_bytes(e.info);
     std::vector<std::byte> out(n + 8);
     std::byte* p = out.data();
     store_le32(p, summary_magic);
