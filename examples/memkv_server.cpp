@@ -1,0 +1,655 @@
+// SPDX-License-Identifier: Apache-2.0
+// memkv-server: runs a memkv server (TCP and Unix sockets, DRAM store) configured by flags,
+// MEMKV_* environment variables and a config file; SIGTERM/SIGINT stop it cleanly, SIGHUP
+// re-reads the key sources.
+#include <memkv/memkv.hpp>
+#include <memkv/storage/format.hpp>
+
+#include <CLI/CLI.hpp>
+#include <fmt/chrono.h>
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include <pthread.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <csignal>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <istream>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <system_error>
+#include <thread>
+#include <vector>
+
+#ifndef MEMKV_VERSION
+#define MEMKV_VERSION "unknown"
+#endif
+
+namespace {
+
+/// Exit statuses (listed in --help).
+enum exit_status : int {
+    exit_ok = 0,      ///< stopped by SIGTERM/SIGINT after a clean shutdown
+    exit_runtime = 1, ///< could not start or run (cannot listen, out of memory, port file)
+    exit_usage = 2,   ///< bad flags, config file, environment or keys; insecure listener refused
+};
+
+constexpr const char* program = "memkv-server";
+/// Regions are multiples of the engine's metadata block, and hold 3 of them besides a value.
+constexpr std::uint64_t meta_block = memkv::storage::meta_block;
+
+/// One log line in the library's format: "2024-01-02T03:04:05Z level message".
+template <class... A>
+void log(const char* level, fmt::format_string<A...> f, A&&... a) {
+    const auto now = std::chrono::floor<std::chrono::seconds>(std::chrono::system_clock::now());
+    const auto line = fmt::format("{:%Y-%m-%dT%H:%M:%S}Z {} {}\n", now, level,
+                                  fmt::format(f, std::forward<A>(a)...));
+    std::fputs(line.c_str(), stderr);
+}
+
+/// A CLI11 transform for sizes: a non-negative integer with an optional K, M, G, T suffix
+/// (powers of 1024; KiB, MiB, GiB and TiB also work).
+CLI::Validator size_value() {
+    return CLI::Validator(
+        [inner = CLI::AsSizeValue(false)](std::string& s) -> std::string {
+            const auto first = s.find_first_not_of(" \t");
+            if (first != std::string::npos && s[first] == '-') return "must not be negative";
+            return inner(s);
+        },
+        "", "SIZE");
+}
+
+/// "1 GiB", "128 MiB", "100 B": exact when a binary unit divides `n`, else like "64.0 MiB".
+std::string human_size(std::uint64_t n) {
+    constexpr const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
+    std::size_t u = 0;
+    std::uint64_t whole = n;
+    while (u + 1 < std::size(units) && whole >= 1024 && whole % 1024 == 0) {
+        whole /= 1024;
+        ++u;
+    }
+    if (whole < 1024 || u + 1 == std::size(units)) return fmt::format("{} {}", whole, units[u]);
+    double v = static_cast<double>(n);
+    for (u = 0; u + 1 < std::size(units) && v >= 1024; ++u)
+        v /= 1024;
+    return fmt::format("{:.1f} {}", v, units[u]);
+}
+
+std::string trim(std::string_view s) {
+    const auto b = s.find_first_not_of(" \t\r\n");
+    if (b == std::string_view::npos) return {};
+    const auto e = s.find_last_not_of(" \t\r\n");
+    return std::string(s.substr(b, e - b + 1));
+}
+
+std::string unquote(std::string s) {
+    if (s.size() >= 2 && (s.front() == '"' || s.front() == '\'') && s.back() == s.front())
+        return s.substr(1, s.size() - 2);
+    return s;
+}
+
+/// Reads --config files: one setting per line, either YAML-style "key: value" or TOML-style
+/// "key = value". A value is a scalar (optionally quoted) or a list "[a, b]"; a YAML block list
+/// ("key:" followed by "- item" lines) works too. '#' starts a comment, a leading "---" is
+/// ignored, keys are the long flag names ('_' may stand for '-'). Nothing else of YAML or TOML
+/// (nesting, sections, multi-line strings) is accepted.
+///
+/// A setting whose MEMKV_* variable is set is skipped, so that the precedence is flag, then
+/// environment, then config file (CLI11 alone would let the file override the environment).
+class flat_config : public CLI::ConfigBase {
+public:
+    /// `keys` maps each accepted key to its environment variable (empty if it has none).
+    explicit flat_config(std::map<std::string, std::string> keys) : keys_(std::move(keys)) {}
+
+    std::vector<CLI::ConfigItem> from_config(std::istream& in) const override {
+        std::vector<CLI::ConfigItem> out;
+        std::set<std::string> seen;
+        std::string line;
+        int lineno = 0, open_line = 0;
+        CLI::ConfigItem open; // a YAML block list whose "- item" lines are being read
+        bool open_skip = false;
+        auto fail = [](int n, const std::string& what) {
+            return CLI::ConfigError(fmt::format("config file, line {}: {}", n, what));
+        };
+        auto close = [&] {
+            if (open.name.empty()) return;
+            if (open.inputs.empty())
+                throw fail(open_line, fmt::format("'{}' has no value", open.name));
+            if (!open_skip) out.push_back(std::move(open));
+            open = {};
+        };
+        while (std::getline(in, line)) {
+            ++lineno;
+            const auto text = trim(strip_comment(line));
+            if (text.empty() || (lineno == 1 && text == "---")) continue;
+            if (text.front() == '-' && (text.size() == 1 || text[1] == ' ')) {
+                if (open.name.empty()) throw fail(lineno, "list item without a key above it");
+                const auto item = unquote(trim(text.substr(1)));
+                if (item.empty()) throw fail(lineno, "empty list item");
+                open.inputs.push_back(item);
+                continue;
+            }
+            close();
+            const auto sep = text.find_first_of(":=");
+            if (sep == std::string::npos)
+                throw fail(lineno,
+                           fmt::format("expected 'key: value' or 'key = value', got '{}'", text));
+            auto key = unquote(trim(text.substr(0, sep)));
+            std::replace(key.begin(), key.end(), '_', '-');
+            const auto k = keys_.find(key);
+            if (k == keys_.end()) throw fail(lineno, fmt::format("unknown key '{}'", key));
+            if (!seen.insert(key).second) throw fail(lineno, fmt::format("'{}' is set twice", key));
+            const char* env = k->second.empty() ? nullptr : std::getenv(k->second.c_str());
+            const bool skip = env != nullptr && *env != '\0';
+            CLI::ConfigItem item;
+            item.name = key;
+            const auto value = trim(text.substr(sep + 1));
+            if (value.empty()) { // a YAML block list follows
+                open = std::move(item);
+                open_line = lineno;
+                open_skip = skip;
+                continue;
+            }
+            if (value.front() == '[' && value.back() == ']') {
+                for (auto part : CLI::detail::split(value.substr(1, value.size() - 2), ','))
+                    if (auto v = unquote(trim(part)); !v.empty()) item.inputs.push_back(v);
+                if (item.inputs.empty()) throw fail(lineno, fmt::format("'{}' is empty", key));
+            } else {
+                item.inputs.push_back(unquote(value));
+            }
+            if (!skip) out.push_back(std::move(item));
+        }
+        close();
+        return out;
+    }
+
+private:
+    /// `line` up to a '#' that is outside quotes.
+    static std::string strip_comment(const std::string& line) {
+        char quote = 0;
+        for (std::size_t i = 0; i < line.size(); ++i) {
+            const char c = line[i];
+            if (quote) {
+                if (c == quote) quote = 0;
+            } else if (c == '"' || c == '\'') {
+                quote = c;
+            } else if (c == '#') {
+                return line.substr(0, i);
+            }
+        }
+        return line;
+    }
+
+    std::map<std::string, std::string> keys_;
+};
+
+/// The key ring of MEMKV_AUTH_KEY, MEMKV_AUTH_KEY_FILE and --auth-key-file together. A
+/// --auth-key-file naming the same file as MEMKV_AUTH_KEY_FILE is read once.
+memkv::result<std::shared_ptr<const memkv::auth::key_ring>> load_keys(const std::string& file,
+                                                                      std::string& why) {
+    auto ring = memkv::auth::key_ring::from_environment(&why);
+    if (!ring) {
+        // The ring's message names the variable (or the file) at fault.
+        if (why.empty()) why = "MEMKV_AUTH_KEY / MEMKV_AUTH_KEY_FILE: " + ring.error().message();
+        return ring.error();
+    }
+    if (!file.empty()) {
+        const char* env_file = std::getenv("MEMKV_AUTH_KEY_FILE");
+        std::error_code ec;
+        const bool same = env_file != nullptr && *env_file != '\0' &&
+                          (file == env_file || std::filesystem::equivalent(file, env_file, ec));
+        if (!same) {
+            std::string file_why;
+            auto extra = memkv::auth::key_ring::from_file(file, &file_why);
+            if (!extra) {
+                why = "--auth-key-file: " +
+                      (file_why.empty() ? file + ": " + extra.error().message() : file_why);
+                return extra.error();
+            }
+            for (const auto& e : extra->entries()) {
+                if (auto r = ring->add(e); !r) {
+                    why = fmt::format("--auth-key-file {}: key id {} is also in MEMKV_AUTH_KEY or "
+                                      "MEMKV_AUTH_KEY_FILE",
+                                      file, e.id);
+                    return r.error();
+                }
+            }
+        }
+    }
+    return std::make_shared<const memkv::auth::key_ring>(std::move(*ring));
+}
+
+/// "keys: 2 entries, tenants: a,b" or "none (loopback only)".
+std::string describe_keys(const memkv::auth::key_ring& ring) {
+    if (ring.empty()) return "none (loopback only)";
+    std::set<std::string> tenants;
+    for (const auto& e : ring.entries())
+        tenants.insert(e.tenant);
+    return fmt::format("keys: {} {}, tenants: {}", ring.size(),
+                       ring.size() == 1 ? "entry" : "entries", fmt::join(tenants, ","));
+}
+
+/// Writes `text` to `path` through a temporary file and rename(), so that a reader never sees
+/// a partial file.
+bool write_atomically(const std::string& path, const std::string& text, std::string& why) {
+    const auto tmp = fmt::format("{}.tmp.{}", path, ::getpid());
+    {
+        std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
+        if (!f || !(f << text) || !f.flush()) {
+            why = fmt::format("cannot write {}: {}", tmp, std::strerror(errno));
+            std::remove(tmp.c_str());
+            return false;
+        }
+    }
+    if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+        why = fmt::format("cannot rename {} to {}: {}", tmp, path, std::strerror(errno));
+        std::remove(tmp.c_str());
+        return false;
+    }
+    return true;
+}
+
+/// The files this process created and removes at shutdown, unless another process has
+/// replaced them meanwhile (a second server on the same socket path or port file).
+class owned_files {
+public:
+    /// Records the socket files of the Unix-socket endpoints (not abstract ones).
+    void add_sockets(const std::vector<std::string>& endpoints) {
+        for (const auto& ep : endpoints) {
+            if (ep.rfind("unix:", 0) != 0 || ep.size() <= 5 || ep[5] == '@') continue;
+            struct stat st {};
+            const auto path = ep.substr(5);
+            if (::lstat(path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode))
+                sockets_.push_back({path, st.st_dev, st.st_ino});
+        }
+    }
+    /// Records the port file and the text written to it.
+    void add_port_file(std::string path, std::string text) {
+        port_file_ = std::move(path);
+        port_text_ = std::move(text);
+    }
+    /// Removes the sockets that are still the ones bound here, and the port file if it still
+    /// holds what was written.
+    void remove() {
+        for (const auto& s : sockets_) {
+            struct stat st {};
+            if (::lstat(s.path.c_str(), &st) == 0 && st.st_dev == s.dev && st.st_ino == s.ino)
+                ::unlink(s.path.c_str());
+        }
+        if (!port_file_.empty()) {
+            std::ifstream f(port_file_, std::ios::binary);
+            const std::string text{std::istreambuf_iterator<char>(f), {}};
+            if (f && text == port_text_) std::remove(port_file_.c_str());
+        }
+    }
+
+private:
+    struct socket_file {
+        std::string path;
+        dev_t dev;
+        ino_t ino;
+    };
+    std::vector<socket_file> sockets_;
+    std::string port_file_, port_text_;
+};
+
+/// Everything the flags, environment and config file set.
+struct options {
+    std::vector<std::string> listen{"127.0.0.1:9900"};
+    std::uint32_t shards = 0; // 0 = automatic
+    std::string store = "memory";
+    std::uint64_t capacity = 1ull << 30;
+    std::uint64_t max_value = 64ull << 20;
+    std::uint64_t region_size = 0; // 0 = 2 * max_value
+    std::size_t buffers = 64;
+    bool pin_cpus = false;
+    std::string auth_key_file;
+    std::string port_file;
+};
+
+constexpr const char* footer =
+    R"(Sizes accept the suffixes K, M, G, T (powers of 1024; KiB, MiB, GiB also work).
+
+Precedence: command-line flag, then environment variable, then config file, then default.
+
+Config file (--config or MEMKV_CONFIG): one setting per line, keys are the long flag names,
+in YAML style "key: value" or TOML style "key = value"; lists as [a, b] ('#' comments):
+    listen: [127.0.0.1:9900, unix:/run/memkv.sock]
+    shards: 4
+    capacity: 8G
+    auth-key-file: /etc/memkv/keys
+
+Authentication: keys come from MEMKV_AUTH_KEY ("HEX64", "ID:HEX64" or "ID:TENANT:HEX64"),
+the key file named by MEMKV_AUTH_KEY_FILE and --auth-key-file ("ID TENANT HEX64" per line),
+all together. Without any key the server listens on loopback addresses and Unix sockets only.
+
+Signals: SIGTERM or SIGINT stop the server cleanly and print a summary of its counters;
+SIGHUP re-reads the key sources and reports them (applying new keys needs a restart in
+this version).
+
+Exit status:
+  0  stopped cleanly by SIGTERM or SIGINT (also --help, --version)
+  1  could not start or run: cannot listen, out of memory, cannot write the port file
+  2  bad usage: invalid flag, variable, config file or key; non-loopback listener without a key)";
+
+struct totals {
+    std::uint64_t requests = 0, puts = 0, gets = 0, hits = 0, misses = 0, bytes_in = 0,
+                  bytes_out = 0;
+};
+
+totals sum_counters(const memkv::memory_server& srv) {
+    totals t;
+    auto v = [](const memkv::shard_counters::counter& c) {
+        return c.load(std::memory_order_relaxed);
+    };
+    for (std::uint32_t i = 0; i < srv.shard_count(); ++i) {
+        const auto& c = srv.counters(i);
+        t.requests += v(c.requests);
+        t.puts += v(c.puts);
+        t.gets += v(c.gets);
+        t.hits += v(c.hits);
+        t.misses += v(c.misses);
+        t.bytes_in += v(c.bytes_in);
+        t.bytes_out += v(c.bytes_out);
+    }
+    return t;
+}
+
+int run(const options& o) {
+    const std::uint64_t region_asked = o.region_size ? o.region_size : 2 * o.max_value;
+    const std::uint64_t region = (region_asked + meta_block - 1) / meta_block * meta_block;
+    if (region < o.max_value + 3 * meta_block) {
+        fmt::print(stderr,
+                   "{}: error: --region-size ({}) must be at least --max-value ({}) + {}: a "
+                   "value is stored whole in one region, with its headers\n",
+                   program, human_size(region), human_size(o.max_value),
+                   human_size(3 * meta_block));
+        return exit_usage;
+    }
+
+    // Each shard has its own store of capacity / shards bytes, which must hold two regions
+    // (one open for writes, one to reclaim into).
+    const std::uint64_t max_shards = o.capacity / (2 * region);
+    if (max_shards == 0) {
+        fmt::print(stderr,
+                   "{}: error: --capacity {} is less than 2 regions of {} (the region size is "
+                   "2 x --max-value unless --region-size is given): raise --capacity or lower "
+                   "--max-value\n",
+                   program, human_size(o.capacity), human_size(region));
+        return exit_usage;
+    }
+    std::uint32_t shards = o.shards;
+    if (shards == 0) {
+        shards = std::max(1u, std::thread::hardware_concurrency());
+        shards = static_cast<std::uint32_t>(std::min<std::uint64_t>(shards, max_shards));
+    } else if (shards > max_shards) {
+        fmt::print(stderr,
+                   "{}: error: --capacity {} over {} shards leaves {} per shard, less than 2 "
+                   "regions of {}: use at most {} shards, or raise --capacity\n",
+                   program, human_size(o.capacity), shards, human_size(o.capacity / shards),
+                   human_size(region), max_shards);
+        return exit_usage;
+    }
+    // memory_store gives each shard capacity / shards bytes.
+    const std::uint64_t per_shard = o.capacity / shards;
+
+    std::string why;
+    auto keys = load_keys(o.auth_key_file, why);
+    if (!keys) {
+        fmt::print(stderr, "{}: error: {}\n", program, why);
+        return exit_usage;
+    }
+
+    memkv::server_config cfg;
+    cfg.listen = o.listen;
+    cfg.shards = shards;
+    cfg.pin_cpus = o.pin_cpus;
+    cfg.keys = *keys;
+    cfg.limits.max_value = o.max_value;
+    cfg.region_size = region;
+    cfg.buffers_per_shard = o.buffers;
+    memkv::memory_store::config scfg;
+    scfg.capacity = o.capacity;
+
+    // Block the signals before any thread exists, so that every server thread inherits the
+    // mask and only sigwait() below sees them.
+    sigset_t signals;
+    sigemptyset(&signals);
+    sigaddset(&signals, SIGINT);
+    sigaddset(&signals, SIGTERM);
+    sigaddset(&signals, SIGHUP);
+    if (int e = ::pthread_sigmask(SIG_BLOCK, &signals, nullptr); e != 0) {
+        fmt::print(stderr, "{}: error: cannot block signals: {}\n", program, std::strerror(e));
+        return exit_runtime;
+    }
+    std::signal(SIGPIPE, SIG_IGN);
+
+    auto created = memkv::memory_server::create(cfg, scfg);
+    if (!created) {
+        fmt::print(stderr,
+                   "{}: error: cannot create the server ({} shards, a {} memory store and {} "
+                   "buffers of {} each): {}\n",
+                   program, shards, human_size(per_shard), cfg.buffers_per_shard,
+                   human_size(cfg.buffer_size), created.error().message());
+        return created.error() == memkv::errc::invalid_argument ? exit_usage : exit_runtime;
+    }
+    auto& srv = **created;
+    if (auto r = srv.start(); !r) {
+        // start() has logged which endpoint failed and why.
+        if (r.error() == memkv::errc::unauthenticated)
+            fmt::print(stderr,
+                       "{}: error: refusing a non-loopback listener without an auth key: set "
+                       "MEMKV_AUTH_KEY, MEMKV_AUTH_KEY_FILE or --auth-key-file, or listen on "
+                       "127.0.0.1, [::1] or unix:/PATH\n",
+                       program);
+        else
+            fmt::print(stderr, "{}: error: cannot start: {}\n", program, r.error().message());
+        const bool usage =
+            r.error() == memkv::errc::unauthenticated || r.error() == memkv::errc::invalid_argument;
+        return usage ? exit_usage : exit_runtime;
+    }
+
+    log("info", "{} {} started (pid {})", program, MEMKV_VERSION, ::getpid());
+    for (const auto& ep : srv.endpoints())
+        log("info", "listening on {}", ep);
+    log("info", "shards: {}{}", srv.shard_count(), o.pin_cpus ? " (pinned to CPUs)" : "");
+    log("info", "store: {}, capacity {} ({} per shard), max value {}", o.store,
+        human_size(o.capacity), human_size(per_shard), human_size(o.max_value));
+    log("info", "region size: {}", human_size(srv.config().region_size));
+    log("info", "buffers: {} x {} per shard, {}", srv.config().buffers_per_shard,
+        human_size(srv.config().buffer_size),
+        srv.hugepages() ? "hugepage-backed" : "not hugepage-backed (regular pages)");
+    log("info", "auth: {}", describe_keys(*srv.config().keys));
+
+    owned_files files;
+    files.add_sockets(srv.endpoints());
+    if (!o.port_file.empty()) {
+        const auto text = srv.endpoints().front() + "\n";
+        if (!write_atomically(o.port_file, text, why)) {
+            log("error", "port file: {}", why);
+            srv.stop();
+            files.remove();
+            return exit_runtime;
+        }
+        files.add_port_file(o.port_file, text);
+        log("info", "wrote {} to {}", srv.endpoints().front(), o.port_file);
+    }
+
+    for (;;) {
+        int sig = 0;
+        if (::sigwait(&signals, &sig) != 0) continue;
+        if (sig == SIGHUP) {
+            std::string reload_why;
+            if (auto again = load_keys(o.auth_key_file, reload_why))
+                log("info", "SIGHUP: re-read the key sources: {}", describe_keys(**again));
+            else
+                log("warn", "SIGHUP: cannot read the key sources: {}", reload_why);
+            log("warn", "SIGHUP: key reload requires restart in this version; still using {}",
+                describe_keys(*srv.config().keys));
+            continue;
+        }
+        log("info", "{}: shutting down", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+        break;
+    }
+    srv.stop();
+    files.remove();
+    const auto t = sum_counters(srv);
+    log("info",
+        "stopped: requests {}, puts {}, gets {} (hits {}, misses {}), bytes in {}, bytes out {}, "
+        "handshake failures {}",
+        t.requests, t.puts, t.gets, t.hits, t.misses, t.bytes_in, t.bytes_out,
+        srv.handshake_failures());
+    return exit_ok;
+}
+
+} // namespace
+
+int main(int argc, char** argv) {
+    CLI::App app{"memkv-server: a KV-cache store for LLM inference (TCP and Unix sockets, DRAM "
+                 "store).",
+                 program};
+    app.set_version_flag("--version", std::string(program) + " " + MEMKV_VERSION);
+    app.footer(footer);
+    app.get_formatter()->column_width(34);
+
+    options o;
+    const auto size = size_value();
+    auto nonzero = CLI::Validator(
+        [](std::string& s) {
+            return s.find_first_not_of("0 \t") == std::string::npos ? std::string("must not be 0")
+                                                                    : std::string();
+        },
+        "", "");
+    app.add_option("--listen", o.listen,
+                   "Endpoint to listen on, repeatable or comma-separated: HOST:PORT, [V6]:PORT "
+                   "or unix:/PATH (port 0 picks a free port)")
+        ->envname("MEMKV_LISTEN")
+        ->delimiter(',')
+        ->allow_extra_args(false)
+        ->type_name("ENDPOINT")
+        ->default_str("127.0.0.1:9900")
+        ->check([](const std::string& s) -> std::string {
+            if (memkv::stream_transports::parse(s)) return {};
+            return fmt::format("'{}' is not an endpoint (expected HOST:PORT, [V6]:PORT or "
+                               "unix:/PATH)",
+                               s);
+        });
+    app.add_option("--shards", o.shards,
+                   "Shards (one thread and one store each); default: one per CPU, at most "
+                   "capacity / (2 x region size)")
+        ->envname("MEMKV_SHARDS")
+        ->type_name("N")
+        ->check(CLI::Range(1u, 4096u).description(""));
+    app.add_option("--store", o.store, "Store kind; only 'memory' (DRAM) in this version")
+        ->envname("MEMKV_STORE")
+        ->type_name("KIND")
+        ->default_str("memory")
+        ->check([](const std::string& s) -> std::string {
+            if (s == "memory") return {};
+            if (s == "file" || s == "block" || s == "nvme")
+                return fmt::format("the {} store is not built yet in this version: only "
+                                   "'memory' is available (file and block-device stores "
+                                   "come later)",
+                                   s);
+            return fmt::format("unknown store '{}': only 'memory' is available", s);
+        });
+    app.add_option("--capacity", o.capacity,
+                   "Bytes of the memory store, split evenly between the shards")
+        ->envname("MEMKV_CAPACITY")
+        ->transform(size)
+        ->check(nonzero)
+        ->type_name("SIZE")
+        ->default_str("1G");
+    app.add_option("--max-value", o.max_value, "Largest value accepted")
+        ->envname("MEMKV_MAX_VALUE")
+        ->transform(size)
+        ->check(nonzero)
+        ->type_name("SIZE")
+        ->default_str("64M");
+    app.add_option("--region-size", o.region_size,
+                   "Bytes per region of the storage engine (default: 2 x --max-value)")
+        ->envname("MEMKV_REGION_SIZE")
+        ->transform(size)
+        ->check(nonzero)
+        ->type_name("SIZE");
+    app.add_option("--buffers", o.buffers, "Bounce buffers (1 MiB each) per shard")
+        ->envname("MEMKV_BUFFERS")
+        ->type_name("N")
+        ->default_str("64")
+        ->check(CLI::Range(std::size_t{1}, std::size_t{1} << 16).description(""));
+    app.add_flag("--pin-cpus", o.pin_cpus, "Pin shard i to CPU i (modulo the CPU count)")
+        ->envname("MEMKV_PIN_CPUS");
+    app.add_option("--auth-key-file", o.auth_key_file,
+                   "Key file (\"ID TENANT HEX64\" per line), added to MEMKV_AUTH_KEY and the "
+                   "file of MEMKV_AUTH_KEY_FILE")
+        ->envname("MEMKV_AUTH_KEY_FILE")
+        ->type_name("PATH");
+    app.add_option("--port-file", o.port_file,
+                   "After start, write the first endpoint listened on (e.g. 127.0.0.1:41234) "
+                   "and a newline to PATH, atomically; removed at shutdown")
+        ->envname("MEMKV_PORT_FILE")
+        ->type_name("PATH");
+
+    // --config: CLI11 reads it before it looks at the environment, so MEMKV_CONFIG is applied
+    // here (as the default, and required to exist when set).
+    const char* env_config = std::getenv("MEMKV_CONFIG");
+    const bool have_env_config = env_config != nullptr && *env_config != '\0';
+    app.set_config("--config", have_env_config ? env_config : "",
+                   "Config file: 'key: value' or 'key = value' lines (see below)", have_env_config)
+        ->envname("MEMKV_CONFIG")
+        ->type_name("PATH");
+    std::map<std::string, std::string> config_keys;
+    for (const auto* opt : app.get_options()) {
+        if (opt->get_configurable() && !opt->get_lnames().empty())
+            config_keys[opt->get_lnames().front()] = opt->get_envname();
+    }
+    config_keys.erase("help");
+    config_keys.erase("version");
+    app.config_formatter(std::make_shared<flat_config>(std::move(config_keys)));
+
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::CallForHelp& e) {
+        return app.exit(e);
+    } catch (const CLI::CallForAllHelp& e) {
+        return app.exit(e);
+    } catch (const CLI::CallForVersion& e) {
+        return app.exit(e);
+    } catch (const CLI::FileError& e) {
+        fmt::print(stderr, "{}: error: --config: {}\n", program, e.what());
+        return exit_usage;
+    } catch (const CLI::ConfigError& e) {
+        // flat_config's messages start with "config file, line N": name the file.
+        std::string what = e.what();
+        const auto* opt = app.get_config_ptr();
+        const auto path = opt != nullptr && opt->count() > 0 ? opt->as<std::string>()
+                          : have_env_config                  ? std::string(env_config)
+                                                             : std::string();
+        if (!path.empty() && what.rfind("config file,", 0) == 0)
+            what.replace(0, 12, "config file " + path + ",");
+        fmt::print(stderr, "{}: error: {}\n", program, what);
+        return exit_usage;
+    } catch (const CLI::ParseError& e) {
+        fmt::print(stderr, "{}: error: {}\nRun with --help for more information.\n", program,
+                   e.what());
+        return exit_usage;
+    }
+    try {
+        return run(o);
+    } catch (const std::exception& e) {
+        fmt::print(stderr, "{}: error: {}\n", program, e.what());
+        return exit_runtime;
+    }
+}
