@@ -336,8 +336,8 @@ the key file named by MEMKV_AUTH_KEY_FILE and --auth-key-file ("ID TENANT HEX64"
 all together. Without any key the server listens on loopback addresses and Unix sockets only.
 
 Signals: SIGTERM or SIGINT stop the server cleanly and print a summary of its counters;
-SIGHUP re-reads the key sources and reports them (applying new keys needs a restart in
-this version).
+SIGHUP reloads the key ring from the same sources: new connections use it at once,
+established ones keep their sessions (rotation without downtime).
 
 Exit status:
   0  stopped cleanly by SIGTERM or SIGINT (also --help, --version)
@@ -492,12 +492,18 @@ int run(const options& o) {
         if (::sigwait(&signals, &sig) != 0) continue;
         if (sig == SIGHUP) {
             std::string reload_why;
-            if (auto again = load_keys(o.auth_key_file, reload_why))
-                log("info", "SIGHUP: re-read the key sources: {}", describe_keys(**again));
-            else
-                log("warn", "SIGHUP: cannot read the key sources: {}", reload_why);
-            log("warn", "SIGHUP: key reload requires restart in this version; still using {}",
-                describe_keys(*srv.config().keys));
+            auto again = load_keys(o.auth_key_file, reload_why);
+            if (!again) {
+                log("warn", "SIGHUP: cannot read the key sources ({}); still using {}", reload_why,
+                    describe_keys(*srv.keys()));
+            } else if (auto r = srv.reload_keys(*again); !r) {
+                log("warn",
+                    "SIGHUP: refusing an empty key ring while listening beyond loopback; "
+                    "still using {}",
+                    describe_keys(*srv.keys()));
+            } else {
+                log("info", "SIGHUP: reloaded the key ring: {}", describe_keys(**again));
+            }
             continue;
         }
         log("info", "{}: shutting down", sig == SIGTERM ? "SIGTERM" : "SIGINT");

@@ -13,6 +13,7 @@
 #include <sys/eventfd.h>
 
 #include <list>
+#include <mutex>
 #include <memory>
 #include <string>
 #include <thread>
@@ -179,6 +180,26 @@ public:
         threads_.clear();
     }
 
+    /// Replaces the key ring (SIGHUP in memkv-server). New handshakes use it at once;
+    /// established connections keep their session. Refused (errc::unauthenticated) if the new
+    /// ring is empty while a non-loopback endpoint is open. Safe from any thread.
+    result<void> reload_keys(std::shared_ptr<const auth::key_ring> ring) {
+        if (!ring) return errc::invalid_argument;
+        if (ring->empty())
+            for (const auto& text : cfg_.listen)
+                if (auto ep = Transport::parse(text); ep && !Transport::is_loopback(*ep))
+                    return errc::unauthenticated;
+        std::lock_guard lock(keys_mutex_);
+        keys_ = std::move(ring);
+        return {};
+    }
+
+    /// The key ring in force.
+    std::shared_ptr<const auth::key_ring> keys() const {
+        std::lock_guard lock(keys_mutex_);
+        return keys_;
+    }
+
     /// The endpoints actually listened on (with real ports when 0 was asked for).
     const std::vector<std::string>& endpoints() const noexcept { return endpoints_; }
     std::uint32_t shard_count() const noexcept { return cfg_.shards; }
@@ -291,7 +312,7 @@ private:
     }
     using store_meta_io_t = detail::store_meta_io<Store>;
 
-    explicit server(server_config cfg) : cfg_(std::move(cfg)) {}
+    explicit server(server_config cfg) : cfg_(std::move(cfg)), keys_(cfg_.keys) {}
 
     void add(int fd, std::uint64_t tag) {
         epoll_event ev{};
@@ -359,7 +380,7 @@ private:
             const int fd = s->fd();
             pending_.push_back(pending{id,
                                        detail::server_handshake<stream_type>(
-                                           std::move(*s), cfg_.keys, cfg_.shards,
+                                           std::move(*s), keys(), cfg_.shards,
                                            detail::clock::now() + cfg_.handshake_timeout),
                                        nullptr,
                                        {},
@@ -437,6 +458,8 @@ private:
     std::uint64_t next_pending_ = 0;
     std::atomic<std::uint64_t> handshake_failures_{0};
     storage::recovery_stats recovered_;
+    mutable std::mutex keys_mutex_;
+    std::shared_ptr<const auth::key_ring> keys_; // guarded by keys_mutex_
 };
 
 } // namespace memkv

@@ -12,6 +12,7 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/uio.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -75,7 +76,8 @@ inline result<socket_address> parse_inet_address(std::string_view text) noexcept
         host = std::string(text.substr(0, colon));
         port = std::string(text.substr(colon + 1));
     }
-    if (port.empty() || port.size() > 5 || port.find_first_not_of("0123456789") != std::string::npos)
+    if (port.empty() || port.size() > 5 ||
+        port.find_first_not_of("0123456789") != std::string::npos)
         return errc::invalid_argument;
     if (std::stoul(port) > 65535) return errc::invalid_argument;
     addrinfo hints{};
@@ -230,12 +232,28 @@ inline result<socket_stream> connect_stream(const socket_address& addr,
     return socket_stream(std::move(fd));
 }
 
-/// A listening socket; accept() never blocks.
+/// Removes a Unix socket file left by an earlier run: only a socket, and only if nothing
+/// accepts connections on it (errc::rejected for anything else at that path, EADDRINUSE for a
+/// live server).
+inline result<void> remove_stale_socket(const socket_address& addr) noexcept {
+    const char* path = addr.text.c_str() + 5;
+    struct stat st {};
+    if (::lstat(path, &st) != 0) return {}; // nothing there
+    if (!S_ISSOCK(st.st_mode)) return errc::rejected;
+    unique_fd probe(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    if (probe && ::connect(probe.get(), addr.get(), addr.length) == 0)
+        return errno_code(EADDRINUSE);
+    ::unlink(path);
+    return {};
+}
+
+/// A listening socket; accept() never blocks. A Unix socket's file is removed when the
+/// listener is destroyed (if it is still the one this listener created).
 class socket_listener {
 public:
     static result<socket_listener> listen(const socket_address& addr, int backlog = 1024) noexcept {
         if (addr.family() == AF_UNIX && addr.text.size() > 5 && addr.text[5] != '@')
-            ::unlink(addr.text.c_str() + 5); // a stale socket file from an earlier run
+            MEMKV_TRY(remove_stale_socket(addr));
         unique_fd fd(::socket(addr.family(), SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
         if (!fd) return errno_code(errno);
         int one = 1;
@@ -245,6 +263,10 @@ public:
         socket_listener l;
         l.fd_ = std::move(fd);
         l.address_ = addr;
+        if (addr.family() == AF_UNIX && addr.text.size() > 5 && addr.text[5] != '@') {
+            struct stat st {};
+            if (::stat(addr.text.c_str() + 5, &st) == 0) l.inode_ = st.st_ino;
+        }
         if (addr.family() != AF_UNIX) { // learn the port the kernel chose for port 0
             sockaddr_storage ss{};
             socklen_t len = sizeof(ss);
@@ -282,9 +304,33 @@ public:
         }
     }
 
+    socket_listener() = default;
+    socket_listener(socket_listener&& o) noexcept
+        : fd_(std::move(o.fd_)), address_(std::move(o.address_)),
+          inode_(std::exchange(o.inode_, 0)) {}
+    socket_listener& operator=(socket_listener&& o) noexcept {
+        if (this != &o) {
+            remove_file();
+            fd_ = std::move(o.fd_);
+            address_ = std::move(o.address_);
+            inode_ = std::exchange(o.inode_, 0);
+        }
+        return *this;
+    }
+    ~socket_listener() { remove_file(); }
+
 private:
+    void remove_file() noexcept {
+        if (inode_ == 0) return;
+        struct stat st {};
+        const char* path = address_.text.c_str() + 5;
+        if (::stat(path, &st) == 0 && st.st_ino == inode_) ::unlink(path);
+        inode_ = 0;
+    }
+
     unique_fd fd_;
     socket_address address_;
+    ino_t inode_ = 0; // of the socket file this listener created, 0 if none
 };
 
 } // namespace memkv::detail

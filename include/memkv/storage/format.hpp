@@ -34,6 +34,7 @@ inline constexpr std::uint32_t region_magic = 0x4E47524D;                // "MRG
 inline constexpr std::uint32_t record_magic = 0x4352524D;                // "MRRC"
 inline constexpr std::uint32_t summary_magic = 0x4D55534D;               // "MSUM"
 inline constexpr std::uint32_t trailer_magic = 0x4C52544D;               // "MTRL"
+inline constexpr std::uint32_t summary_entry_magic = 0x4E45534D;         // "MSEN"
 
 /// The store's identity and geometry; written once when the store is formatted.
 struct superblock {
@@ -284,6 +285,8 @@ inline std::vector<std::byte> encode_summary(std::span<const summary_entry> entr
     for (const auto& e : entries) {
         const auto len = record_header_bytes(e.info);
         encode_record_header(e.info, 0, 0, 0, tmp);
+        // Not the record magic: a scan of the region must not take summary bytes for records.
+        store_le32(tmp.data(), summary_entry_magic);
         store_le64(q, e.region_offset);
         store_le32(q + 8, static_cast<std::uint32_t>(len));
         std::memcpy(q + 12, tmp.data(), len);
@@ -316,6 +319,8 @@ inline bool decode_summary(std::span<const std::byte> in, std::uint64_t gen, std
         if (len < 72 || len > meta_block || pos + 12 + len > n) return false;
         std::memset(tmp.data(), 0, meta_block);
         std::memcpy(tmp.data(), p + pos + 12, len);
+        if (load_le32(tmp.data()) != summary_entry_magic) return false;
+        store_le32(tmp.data(), record_magic);
         // Entries were encoded with location 0, generation 0 and seed 0; the whole summary is
         // covered by the keyed checksum above.
         if (decode_record_header(tmp, 0, 0, 0, max_value, e.info) != header_check::valid)
