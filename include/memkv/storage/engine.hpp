@@ -521,7 +521,9 @@ private:
             ++rs.corrupt_records; // a damaged summary; the scan below still finds the records
         }
         ++rs.regions_scanned;
-        return scan_region(id, rs);
+        MEMKV_TRY(scan_region(id, rs));
+        // Write the summary the region lacked, so that the next start need not scan it again.
+        return seal(id);
     }
 
     /// Walks a region block by block from its first record: a valid header (right location and
