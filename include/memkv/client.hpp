@@ -527,6 +527,20 @@ private:
         }
         for (std::size_t i = 0; i < servers_.size(); ++i)
             for (auto& c : servers_[i]->shards) close_connection(*c, make_error_code(errc::closed));
+        // Batches submitted but never dispatched complete too: nothing is left waiting.
+        std::deque<std::shared_ptr<batch>> left;
+        std::deque<std::shared_ptr<stats_request>> left_stats;
+        {
+            std::lock_guard lock(mutex_);
+            left.swap(submitted_);
+            left_stats.swap(stats_requests_);
+        }
+        for (auto& b : left)
+            for (auto& op : b->ops) complete(b, op, make_error_code(errc::closed));
+        for (auto& st : left_stats) {
+            st->error = make_error_code(errc::closed);
+            finish_stats(st);
+        }
     }
 
     /// Queues payload chunks of pending puts (round robin, a few chunks ahead) and writes.
