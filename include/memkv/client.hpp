@@ -6,6 +6,7 @@
 #include <memkv/concepts.hpp>
 #include <memkv/detail/frame_channel.hpp>
 #include <memkv/detail/handshake_io.hpp>
+#include <memkv/detail/latency_histogram.hpp>
 #include <memkv/detail/socket.hpp>
 #include <memkv/protocol/messages.hpp>
 #include <memkv/protocol/placement.hpp>
@@ -21,6 +22,7 @@
 #include <set>
 #include <memory>
 #include <mutex>
+#include <random>
 #include <thread>
 #include <unordered_map>
 
@@ -67,8 +69,9 @@ public:
     client(const client&) = delete;
     client& operator=(const client&) = delete;
     ~client() {
-        if (::getpid() != pid_) { // a forked child must not join the parent's thread
-            (void)progress_.release(); // the thread does not exist here: leak its handle
+        if (::getpid() != pid_) {      // a forked child must not join the parent's thread
+            (void)progress_.release(); // the threads do not exist here: leak their handles
+            (void)connector_.release();
             return;
         }
         {
@@ -77,6 +80,12 @@ public:
         }
         wake();
         if (progress_ && progress_->joinable()) progress_->join();
+        {
+            std::lock_guard lock(connector_mutex_);
+            connector_stop_ = true;
+        }
+        connector_cv_.notify_all();
+        if (connector_ && connector_->joinable()) connector_->join();
     }
 
     // ---- asynchronous batch API -------------------------------------------------------------
@@ -160,7 +169,8 @@ public:
 
     /// Reads `length` bytes (0 = to the end) from `offset` of the value straight into the
     /// fragments, in order (zero-copy scatter). Returns the bytes written.
-    result<std::uint64_t> get_into(std::string_view key, std::vector<std::span<std::byte>> fragments,
+    result<std::uint64_t> get_into(std::string_view key,
+                                   std::vector<std::span<std::byte>> fragments,
                                    std::uint64_t offset = 0, std::uint64_t length = 0) {
         operation op;
         op.kind = op_kind::get;
@@ -217,7 +227,8 @@ public:
         auto e = exists(keys);
         if (!e) return e.error();
         std::size_t n = 0;
-        while (n < e->size() && (*e)[n]) ++n;
+        while (n < e->size() && (*e)[n])
+            ++n;
         return n;
     }
 
@@ -235,6 +246,23 @@ public:
         done_cv_.wait(lock, [&] { return req->done; });
         if (req->error) return req->error;
         return std::move(req->entries);
+    }
+
+    /// What this client saw of each server: counts, reconnects and reply latency percentiles.
+    std::vector<client_server_stats> server_stats() const {
+        std::vector<client_server_stats> out;
+        std::lock_guard lock(stats_mutex_);
+        for (const auto& s : servers_) {
+            auto st = s->stats;
+            st.endpoint = s->endpoint_text;
+            st.up = s->state == link::up;
+            st.p50_us = s->latency.quantile(0.5);
+            st.p99_us = s->latency.quantile(0.99);
+            st.p999_us = s->latency.quantile(0.999);
+            st.max_us = s->latency.max();
+            out.push_back(std::move(st));
+        }
+        return out;
     }
 
     /// Sends a ping on every connection and waits for the answers.
@@ -322,20 +350,41 @@ private:
         std::uint64_t expect = 0;
         bool failed = false;
         detail::clock::time_point deadline;
+        detail::clock::time_point start;
         std::shared_ptr<stats_request> stats;
-        std::size_t exists_first = 0;          // exists frames: ops [first, first + n)
+        std::size_t exists_first = 0; // exists frames: ops [first, first + n)
         std::vector<operation*> exists_ops;
         std::shared_ptr<batch> exists_batch;
     };
 
     struct connection;
+    /// up: connections open; connecting: the connector thread is opening them (requests wait,
+    /// never written, so they are sent once it is up); down: failed, retried after a backoff
+    /// (requests fail at once with errc::unavailable meanwhile).
+    enum class link { up, connecting, down };
+    struct parked_op {
+        std::shared_ptr<batch> b;
+        operation* op;
+        detail::clock::time_point deadline;
+    };
     struct server_state {
         std::string endpoint_text;
         typename Transport::endpoint endpoint;
         std::uint32_t shard_count = 0;
         std::vector<std::unique_ptr<connection>> shards;
+        link state = link::down;
         detail::clock::time_point retry_at{};
         std::chrono::milliseconds backoff{0};
+        std::vector<parked_op> parked;
+        client_server_stats stats;         // guarded by stats_mutex_
+        detail::latency_histogram latency; // guarded by stats_mutex_
+    };
+    /// What the connector thread hands back.
+    struct connect_outcome {
+        std::size_t server = 0;
+        std::uint32_t shard_count = 0;
+        std::vector<std::unique_ptr<connection>> conns;
+        std::error_code error;
     };
 
     struct connection {
@@ -347,6 +396,7 @@ private:
         std::map<std::uint64_t, request> inflight;
         std::deque<std::uint64_t> put_queue; // puts with payload still to queue
         bool attached = false;
+        std::uint32_t attach_status = 0;
         std::uint32_t interest = 0;
 
         detail::frame_action on_frame(const protocol::frame_header& h,
@@ -393,11 +443,15 @@ private:
         // Connect eagerly so that configuration errors show at once; a server that is down
         // now is retried later and its requests fail with errc::unavailable meanwhile.
         std::error_code first_error;
-        for (std::size_t i = 0; i < servers_.size(); ++i)
-            if (auto r = connect_server(i); !r && !first_error) first_error = r.error();
+        for (std::size_t i = 0; i < servers_.size(); ++i) {
+            auto out = open_connections(i);
+            if (out.error && !first_error) first_error = out.error;
+            settle(std::move(out));
+        }
         if (first_error && servers_.size() == 1) return first_error;
         progress_ = std::make_unique<std::thread>([this] { progress_loop(); });
         progress_id_ = progress_->get_id();
+        connector_ = std::make_unique<std::thread>([this] { connector_loop(); });
         return {};
     }
 
@@ -406,25 +460,27 @@ private:
         [[maybe_unused]] auto r = ::write(wake_fd_.get(), &one, sizeof(one));
     }
 
-    /// Opens one connection per shard of server `i` (blocking, bounded by connect_timeout).
-    result<void> connect_server(std::size_t i) {
-        auto& s = *servers_[i];
+    /// Opens one connection per shard of server `i`: blocking, bounded by connect_timeout per
+    /// connection. Touches no client state, so the connector thread may run it.
+    connect_outcome open_connections(std::size_t i) {
+        connect_outcome out;
+        out.server = i;
+        const auto& ep = servers_[i]->endpoint; // immutable after init
         const auto key = cfg_.key ? &*cfg_.key : nullptr;
         auto open = [&](std::uint32_t shard) -> result<std::unique_ptr<connection>> {
             const auto deadline = detail::clock::now() + cfg_.connect_timeout;
-            auto st = Transport::connect(s.endpoint, cfg_.connect_timeout);
+            auto st = Transport::connect(ep, cfg_.connect_timeout);
             if (!st) return st.error();
             auto sess = detail::client_handshake(*st, key, st->kind(), deadline);
             if (!sess) return sess.error();
+            if (out.shard_count == 0) out.shard_count = sess->shard_count;
+            if (sess->shard_count != out.shard_count) return errc::protocol;
             auto c = std::make_unique<connection>();
             c->owner = this;
             c->server = i;
             c->shard = shard;
-            s.shard_count = sess->shard_count;
             c->ch = std::make_unique<detail::frame_channel<stream_type>>(
-                std::move(*st), std::move(sess->send_mac), std::move(sess->recv_mac),
-                cfg_.limits);
-            // attach and wait for its reply
+                std::move(*st), std::move(sess->send_mac), std::move(sess->recv_mac), cfg_.limits);
             protocol::frame_header h;
             h.op = static_cast<std::uint8_t>(protocol::opcode::attach);
             h.request_id = c->next_id++;
@@ -437,35 +493,94 @@ private:
             }
             while (!c->attached) {
                 MEMKV_TRY(detail::wait_fd(c->ch->stream().fd(), POLLIN, deadline));
-                attach_status_ = ~0u;
+                c->attach_status = ~0u;
                 MEMKV_TRY(c->ch->on_readable(*c));
-                if (attach_status_ != ~0u && attach_status_ != 0)
-                    return make_error_code(static_cast<errc>(attach_status_));
+                if (c->attach_status != ~0u && c->attach_status != 0)
+                    return make_error_code(static_cast<errc>(c->attach_status));
             }
             return c;
         };
-        s.shards.clear();
-        auto first = open(0);
-        if (!first) return server_down(i, first.error());
-        s.shards.push_back(std::move(*first));
-        for (std::uint32_t k = 1; k < s.shard_count; ++k) {
+        for (std::uint32_t k = 0; k == 0 || k < out.shard_count; ++k) {
             auto c = open(k);
-            if (!c) return server_down(i, c.error());
-            s.shards.push_back(std::move(*c));
+            if (!c) {
+                out.error = c.error();
+                out.conns.clear();
+                return out;
+            }
+            out.conns.push_back(std::move(*c));
         }
-        for (auto& c : s.shards) watch(*c);
-        s.backoff = std::chrono::milliseconds(0);
-        return {};
+        return out;
     }
 
-    result<void> server_down(std::size_t i, std::error_code ec) {
+    /// Installs the connections of a successful connect, or marks the server down (progress
+    /// thread, or init before it starts). Requests parked meanwhile are dispatched or failed.
+    void settle(connect_outcome out) {
+        auto& s = *servers_[out.server];
+        auto parked = std::move(s.parked);
+        s.parked.clear();
+        if (out.error) {
+            mark_down(out.server);
+            for (auto& p : parked)
+                fail_op(out.server, p.b, *p.op, make_error_code(errc::unavailable));
+            return;
+        }
+        s.shards = std::move(out.conns);
+        s.shard_count = out.shard_count;
+        for (auto& c : s.shards)
+            watch(*c);
+        s.state = link::up;
+        s.backoff = std::chrono::milliseconds(0);
+        for (auto& p : parked)
+            dispatch_one(p.b, *p.op);
+        flush_groups();
+    }
+
+    /// Closes every connection of server `i` (failing what was on them) and schedules a
+    /// reconnection after a capped exponential backoff with jitter.
+    void mark_down(std::size_t i, std::error_code ec = make_error_code(errc::unavailable)) {
         auto& s = *servers_[i];
-        for (auto& c : s.shards) close_connection(*c, make_error_code(errc::unavailable));
+        for (auto& c : s.shards)
+            close_connection(*c, ec);
         s.shards.clear();
+        s.state = link::down;
         s.backoff = std::min(std::chrono::milliseconds(500),
                              std::max(std::chrono::milliseconds(10), s.backoff * 2));
-        s.retry_at = detail::clock::now() + s.backoff;
-        return ec;
+        const auto jitter = std::chrono::milliseconds(jitter_rng_() % (s.backoff.count() / 4 + 1));
+        s.retry_at = detail::clock::now() + s.backoff + jitter;
+    }
+
+    /// Hands server `i` to the connector thread.
+    void start_connect(std::size_t i) {
+        auto& s = *servers_[i];
+        s.state = link::connecting;
+        {
+            std::lock_guard lock(connector_mutex_);
+            connect_jobs_.push_back(i);
+        }
+        connector_cv_.notify_one();
+        std::lock_guard lock(stats_mutex_);
+        ++s.stats.reconnects;
+    }
+
+    /// The connector thread: opens connections off the progress thread, so that a server that
+    /// does not answer never delays the others.
+    void connector_loop() {
+        for (;;) {
+            std::size_t job;
+            {
+                std::unique_lock lock(connector_mutex_);
+                connector_cv_.wait(lock, [&] { return connector_stop_ || !connect_jobs_.empty(); });
+                if (connector_stop_) return;
+                job = connect_jobs_.front();
+                connect_jobs_.pop_front();
+            }
+            auto out = open_connections(job);
+            {
+                std::lock_guard lock(connector_mutex_);
+                connected_.push_back(std::move(out));
+            }
+            wake();
+        }
     }
 
     void watch(connection& c) {
@@ -502,10 +617,20 @@ private:
                 in.swap(submitted_);
                 st.swap(stats_requests_);
             }
-            for (auto& b : in) dispatch(b);
-            for (auto& s : st) dispatch_stats(s);
+            std::deque<connect_outcome> connected;
+            {
+                std::lock_guard lock(connector_mutex_);
+                connected.swap(connected_);
+            }
+            for (auto& out : connected)
+                settle(std::move(out));
+            for (auto& b : in)
+                dispatch(b);
+            for (auto& s : st)
+                dispatch_stats(s);
             for (auto& s : servers_)
-                for (auto& c : s->shards) pump(*c);
+                for (auto& c : s->shards)
+                    pump(*c);
             int n = ::epoll_wait(epoll_.get(), events, 64, 10);
             for (int i = 0; i < n; ++i) {
                 if (events[i].data.u64 == wake_tag) {
@@ -525,8 +650,12 @@ private:
             }
             expire();
         }
-        for (std::size_t i = 0; i < servers_.size(); ++i)
-            for (auto& c : servers_[i]->shards) close_connection(*c, make_error_code(errc::closed));
+        for (std::size_t i = 0; i < servers_.size(); ++i) {
+            for (auto& c : servers_[i]->shards)
+                close_connection(*c, make_error_code(errc::closed));
+            for (auto& p : std::exchange(servers_[i]->parked, {}))
+                complete(p.b, *p.op, make_error_code(errc::closed));
+        }
         // Batches submitted but never dispatched complete too: nothing is left waiting.
         std::deque<std::shared_ptr<batch>> left;
         std::deque<std::shared_ptr<stats_request>> left_stats;
@@ -536,7 +665,8 @@ private:
             left_stats.swap(stats_requests_);
         }
         for (auto& b : left)
-            for (auto& op : b->ops) complete(b, op, make_error_code(errc::closed));
+            for (auto& op : b->ops)
+                complete(b, op, make_error_code(errc::closed));
         for (auto& st : left_stats) {
             st->error = make_error_code(errc::closed);
             finish_stats(st);
@@ -568,42 +698,70 @@ private:
         update_interest(c);
     }
 
+    /// The connection to (server, shard) if the server is up; nullptr otherwise.
     connection* conn_for(std::size_t server, std::uint32_t shard) {
         auto& s = *servers_[server];
-        if (s.shards.empty()) {
-            if (detail::clock::now() < s.retry_at) return nullptr;
-            if (!connect_server(server)) return nullptr;
-        }
+        if (s.state != link::up) return nullptr;
         return shard < s.shards.size() ? s.shards[shard].get() : nullptr;
     }
 
     void dispatch(const std::shared_ptr<batch>& b) {
         if (b->ops.empty()) return finish_batch(b);
-        // Group by connection: one batch frame (put/get/del) and one exists frame per
-        // connection and chunk of max_batch.
-        std::map<connection*, std::vector<operation*>> groups, exists_groups;
         for (auto& op : b->ops) {
             op.status = {};
-            std::size_t srv;
-            std::uint32_t shard;
-            if (b->raw_target) {
-                std::tie(srv, shard) = *b->raw_target;
-            } else {
-                if (op.key.empty() || op.key.size() + cfg_.key_prefix.size() > cfg_.limits.max_key) {
-                    complete(b, op, make_error_code(errc::invalid_argument));
-                    continue;
-                }
-                std::tie(srv, shard) = locate_unchecked(op.key);
-            }
-            connection* c = conn_for(srv, shard);
-            if (!c) {
-                complete(b, op, make_error_code(errc::unavailable));
-                continue;
-            }
-            (op.kind == op_kind::exists ? exists_groups : groups)[c].push_back(&op);
+            dispatch_one(b, op);
         }
-        for (auto& [c, ops] : groups) send_batch(*c, b, ops);
-        for (auto& [c, ops] : exists_groups) send_exists(*c, b, ops);
+        flush_groups();
+    }
+
+    /// Routes one operation: grouped for its connection if its server is up, parked while it
+    /// connects (never written, so it is sent once connected), failed with errc::unavailable
+    /// while the server is down. Groups go out in flush_groups().
+    void dispatch_one(const std::shared_ptr<batch>& b, operation& op) {
+        std::size_t srv;
+        if (b->raw_target) {
+            srv = b->raw_target->first;
+        } else {
+            if (op.key.empty() || op.key.size() + cfg_.key_prefix.size() > cfg_.limits.max_key)
+                return complete(b, op, make_error_code(errc::invalid_argument));
+            srv = locate_unchecked(op.key).first;
+        }
+        auto& s = *servers_[srv];
+        if (s.state == link::down && detail::clock::now() >= s.retry_at) start_connect(srv);
+        if (s.state == link::connecting) {
+            s.parked.push_back({b, &op, detail::clock::now() + cfg_.request_timeout});
+            return;
+        }
+        const auto shard = b->raw_target ? b->raw_target->second : locate_unchecked(op.key).second;
+        connection* c = conn_for(srv, shard);
+        if (!c) return fail_op(srv, b, op, make_error_code(errc::unavailable));
+        auto& g = (op.kind == op_kind::exists ? exists_groups_ : groups_)[{c, b.get()}];
+        g.first = b;
+        g.second.push_back(&op);
+    }
+
+    void flush_groups() {
+        auto groups = std::move(groups_);
+        auto exists = std::move(exists_groups_);
+        groups_.clear();
+        exists_groups_.clear();
+        for (auto& [key, g] : groups)
+            send_batch(*key.first, g.first, g.second);
+        for (auto& [key, g] : exists)
+            send_exists(*key.first, g.first, g.second);
+    }
+
+    /// Completes an operation that failed before or without a reply, counting it for its server.
+    void fail_op(std::size_t server, const std::shared_ptr<batch>& b, operation& op,
+                 std::error_code ec) {
+        {
+            std::lock_guard lock(stats_mutex_);
+            auto& st = servers_[server]->stats;
+            ++st.requests;
+            ++st.errors;
+            if (ec == make_error_code(errc::timed_out)) ++st.timeouts;
+        }
+        complete(b, op, ec);
     }
 
     std::pair<std::size_t, std::uint32_t> locate_unchecked(const std::string& key) {
@@ -622,7 +780,8 @@ private:
     }
 
     void send_batch(connection& c, const std::shared_ptr<batch>& b, std::vector<operation*>& ops) {
-        const auto deadline = detail::clock::now() + cfg_.request_timeout;
+        const auto now = detail::clock::now();
+        const auto deadline = now + cfg_.request_timeout;
         for (std::size_t first = 0; first < ops.size(); first += cfg_.limits.max_batch) {
             const std::size_t n = std::min<std::size_t>(cfg_.limits.max_batch, ops.size() - first);
             std::vector<protocol::sub_request> subs;
@@ -637,6 +796,7 @@ private:
                 r.op = &op;
                 r.wire_key = wire_key(b, op);
                 r.deadline = deadline;
+                r.start = now;
                 protocol::sub_request s;
                 s.id = id;
                 switch (op.kind) {
@@ -655,7 +815,9 @@ private:
                     s.offset = op.offset;
                     s.length = op.length;
                     break;
-                default: s.op = protocol::opcode::del; break;
+                default:
+                    s.op = protocol::opcode::del;
+                    break;
                 }
                 auto [it, ok] = c.inflight.emplace(id, std::move(r));
                 s.key = bytes(it->second.wire_key);
@@ -666,7 +828,8 @@ private:
             h.request_id = batch_id;
             h.aux = static_cast<std::uint32_t>(n);
             c.ch->send(h, protocol::encode_batch(subs));
-            for (auto id : puts) c.put_queue.push_back(id);
+            for (auto id : puts)
+                c.put_queue.push_back(id);
         }
         pump(c);
     }
@@ -680,12 +843,14 @@ private:
             request r;
             r.b = b;
             r.deadline = deadline;
+            r.start = detail::clock::now();
             for (std::size_t i = first; i < first + n; ++i) {
                 keys.push_back(wire_key(b, *ops[i]));
                 r.exists_ops.push_back(ops[i]);
             }
             std::vector<std::span<const std::byte>> views;
-            for (const auto& k : keys) views.push_back(bytes(k));
+            for (const auto& k : keys)
+                views.push_back(bytes(k));
             protocol::frame_header h;
             h.op = static_cast<std::uint8_t>(protocol::opcode::exists);
             h.request_id = c.next_id++;
@@ -699,7 +864,8 @@ private:
 
     void dispatch_stats(const std::shared_ptr<stats_request>& s) {
         for (std::size_t i = 0; i < servers_.size(); ++i) {
-            for (std::uint32_t k = 0; k < std::max<std::uint32_t>(1, servers_[i]->shard_count); ++k) {
+            for (std::uint32_t k = 0; k < std::max<std::uint32_t>(1, servers_[i]->shard_count);
+                 ++k) {
                 connection* c = conn_for(i, k);
                 if (!c) {
                     s->error = make_error_code(errc::unavailable);
@@ -733,7 +899,7 @@ private:
         using protocol::opcode;
         if (!h.is_reply()) return protocol_violation(c);
         if (h.code() == opcode::attach) {
-            attach_status_ = h.status();
+            c.attach_status = h.status();
             c.attached = h.status() == 0;
             return detail::frame_action::discard;
         }
@@ -753,7 +919,8 @@ private:
             if (auto d = protocol::decode_stats(body)) {
                 const std::string p = "server" + std::to_string(c.server) + ".";
                 std::lock_guard lock(mutex_);
-                for (auto& [name, v] : *d) s->entries.push_back({p + name, v});
+                for (auto& [name, v] : *d)
+                    s->entries.push_back({p + name, v});
             } else {
                 s->error = d.error();
             }
@@ -764,11 +931,13 @@ private:
         case opcode::exists: {
             const auto n = static_cast<std::uint32_t>(r.exists_ops.size());
             if (status) {
-                for (auto* op : r.exists_ops) complete(r.b, *op, status);
+                for (auto* op : r.exists_ops)
+                    complete(r.b, *op, status);
             } else {
                 auto d = protocol::decode_exists_reply(
                     n, protocol::flags::want_sizes | protocol::flags::want_meta, body, cfg_.limits);
                 if (!d) return protocol_violation(c);
+                record(c.server, r.start, {});
                 for (std::uint32_t i = 0; i < n; ++i) {
                     auto& op = *r.exists_ops[i];
                     op.exists = d->present[i];
@@ -799,8 +968,10 @@ private:
             } else {
                 r.dst = r.op->fragments;
                 std::uint64_t cap = 0;
-                for (auto f : r.dst) cap += f.size();
-                if (cap < h.value_len) r.failed = true, r.op->status = make_error_code(errc::too_large);
+                for (auto f : r.dst)
+                    cap += f.size();
+                if (cap < h.value_len)
+                    r.failed = true, r.op->status = make_error_code(errc::too_large);
             }
             return payload(c, r, h);
         }
@@ -812,7 +983,8 @@ private:
             if (!r.op || r.expect == 0) return protocol_violation(c);
             return payload(c, r, h);
         }
-        default: return protocol_violation(c);
+        default:
+            return protocol_violation(c);
         }
     }
 
@@ -857,7 +1029,23 @@ private:
               std::error_code status) {
         auto r = std::move(it->second);
         c.inflight.erase(it);
-        if (r.op) complete(r.b, *r.op, status);
+        if (!r.op) return;
+        record(c.server, r.start, status);
+        complete(r.b, *r.op, status);
+    }
+
+    /// Counts a reply from server `i` and its latency.
+    void record(std::size_t i, detail::clock::time_point start, std::error_code status) {
+        const auto us =
+            std::chrono::duration_cast<std::chrono::microseconds>(detail::clock::now() - start)
+                .count();
+        std::lock_guard lock(stats_mutex_);
+        auto& s = *servers_[i];
+        ++s.stats.requests;
+        if (status && status != make_error_code(errc::not_found) &&
+            status != make_error_code(errc::exists))
+            ++s.stats.errors;
+        s.latency.record(static_cast<std::uint64_t>(us));
     }
 
     detail::frame_action protocol_violation(connection& c) {
@@ -898,35 +1086,56 @@ private:
         auto inflight = std::move(c.inflight);
         c.inflight.clear();
         c.put_queue.clear();
+        // A timeout of a request already on the wire leaves a put or delete's outcome unknown
+        // (errc::timed_out); a read simply failed (errc::unavailable).
+        const bool timeout = ec == make_error_code(errc::timed_out);
+        auto status_for = [&](const operation& op) {
+            if (!timeout) return ec;
+            const bool write = op.kind == op_kind::put || op.kind == op_kind::del;
+            return write ? ec : make_error_code(errc::unavailable);
+        };
         for (auto& [id, r] : inflight) {
             if (r.stats) {
                 r.stats->error = ec;
                 if (--r.stats->remaining == 0) finish_stats(r.stats);
             } else if (!r.exists_ops.empty()) {
-                for (auto* op : r.exists_ops) complete(r.b, *op, ec);
+                for (auto* op : r.exists_ops)
+                    fail_op(c.server, r.b, *op, status_for(*op));
             } else if (r.op) {
-                complete(r.b, *r.op, ec);
+                fail_op(c.server, r.b, *r.op, status_for(*r.op));
             }
         }
     }
 
-    void fail_server(std::size_t i, std::error_code ec) {
-        (void)server_down(i, ec);
-    }
+    /// Marks server `i` for failing; done in expire(), after the current batch of events, so
+    /// that no connection is destroyed while an event or a loop still refers to it.
+    void fail_server(std::size_t i, std::error_code ec) { failed_.emplace_back(i, ec); }
 
+    /// Fences and fails a server whose requests passed their deadline (its connections are
+    /// closed first: no late reply can land in a caller's buffer), fails parked requests that
+    /// waited too long, and applies protocol violations found while reading.
     void expire() {
-        for (auto s : violated_) fail_server(s, make_error_code(errc::protocol));
+        for (auto s : violated_)
+            fail_server(s, make_error_code(errc::protocol));
         violated_.clear();
+        for (auto [i, ec] : std::exchange(failed_, {}))
+            if (servers_[i]->state == link::up) mark_down(i, ec);
         const auto now = detail::clock::now();
         for (std::size_t i = 0; i < servers_.size(); ++i) {
+            auto& s = *servers_[i];
             bool late = false;
-            for (auto& c : servers_[i]->shards)
+            for (auto& c : s.shards)
                 for (auto& [id, r] : c->inflight)
                     if (now >= r.deadline) late = true;
-            if (late) {
-                auto& s = *servers_[i];
-                for (auto& c : s.shards) close_connection(*c, make_error_code(errc::timed_out));
-                (void)server_down(i, make_error_code(errc::timed_out));
+            if (late) mark_down(i, make_error_code(errc::timed_out));
+            for (auto it = s.parked.begin(); it != s.parked.end();) {
+                if (now < it->deadline) {
+                    ++it;
+                    continue;
+                }
+                auto p = *it;
+                it = s.parked.erase(it);
+                fail_op(i, p.b, *p.op, make_error_code(errc::unavailable));
             }
         }
     }
@@ -952,8 +1161,22 @@ private:
     std::uint64_t next_registration_ = 0;
 
     // progress thread only
-    std::uint32_t attach_status_ = 0;
     std::vector<std::size_t> violated_;
+    std::vector<std::pair<std::size_t, std::error_code>> failed_;
+    std::map<std::pair<connection*, batch*>,
+             std::pair<std::shared_ptr<batch>, std::vector<operation*>>>
+        groups_, exists_groups_;
+    std::minstd_rand jitter_rng_{static_cast<std::uint32_t>(::getpid())};
+
+    // the connector thread and its queues
+    std::unique_ptr<std::thread> connector_;
+    std::mutex connector_mutex_; // guards the three below
+    std::condition_variable connector_cv_;
+    std::deque<std::size_t> connect_jobs_;
+    std::deque<connect_outcome> connected_;
+    bool connector_stop_ = false;
+
+    mutable std::mutex stats_mutex_; // guards server_state::stats and ::latency
 };
 
 } // namespace memkv

@@ -38,10 +38,10 @@ struct client_config {
 /// Options of a put.
 struct put_options {
     std::span<const std::byte> meta{}; ///< up to 256 bytes stored with the value
-    bool if_absent = false;           ///< do nothing if the key exists (reported as success)
-    bool durable = false;             ///< acknowledge only after a flush
-    bool pin = false;                 ///< ask the server not to evict it (best effort)
-    std::uint32_t ttl_seconds = 0;    ///< 0 = no expiry
+    bool if_absent = false;            ///< do nothing if the key exists (reported as success)
+    bool durable = false;              ///< acknowledge only after a flush
+    bool pin = false;                  ///< ask the server not to evict it (best effort)
+    std::uint32_t ttl_seconds = 0;     ///< 0 = no expiry
 };
 
 /// Kinds of operations in a batch.
@@ -69,7 +69,18 @@ struct operation {
     bool exists = false;               ///< exists: present
 };
 
-/// Counters of one server as seen by the client.
+/// What the client saw of one server (client-side counters, since it was created).
+struct client_server_stats {
+    std::string endpoint;
+    bool up = false;              ///< connected now
+    std::uint64_t requests = 0;   ///< operations completed (any status)
+    std::uint64_t errors = 0;     ///< completed with an error (a miss is not an error)
+    std::uint64_t timeouts = 0;   ///< failed by the request timeout
+    std::uint64_t reconnects = 0; ///< connection attempts after the first
+    std::uint64_t p50_us = 0, p99_us = 0, p999_us = 0, max_us = 0; ///< latency of replies
+};
+
+/// A server counter, as gathered by client::stats().
 struct server_stats_entry {
     std::string name;
     std::uint64_t value = 0;
