@@ -376,6 +376,10 @@ private:
         for (;;) {
             auto s = l.accept();
             if (!s) return;
+            if (pending_.size() >= cfg_.max_pending_connections) {
+                handshake_failures_.fetch_add(1, std::memory_order_relaxed);
+                continue; // closed as it goes out of scope
+            }
             const auto id = pending_base + ++next_pending_;
             const int fd = s->fd();
             pending_.push_back(pending{id,

@@ -38,6 +38,9 @@ struct server_config {
     std::size_t connection_inflight_cap = 16u << 20;
     /// A connection that has not authenticated and attached by then is closed.
     std::chrono::milliseconds handshake_timeout{5000};
+    /// Connections between accept and attach; beyond it new connections are closed at once
+    /// (each costs a socket and about 300 bytes until it authenticates or times out).
+    std::size_t max_pending_connections = 4096;
     /// Time stop() lets in-flight requests finish before closing connections.
     std::chrono::milliseconds drain_timeout{2000};
     /// Persistent stores: a store formatted for another shard count is refused unless this is
