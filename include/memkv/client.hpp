@@ -834,10 +834,19 @@ private:
         pump(c);
     }
 
+    /// Keys per exists frame: the reply (bitmap, sizes, up to 256 bytes of metadata per key)
+    /// must fit one body.
+    std::size_t exists_chunk() const noexcept {
+        const std::size_t per_key = 8 + 2 + cfg_.limits.max_meta + 1;
+        return std::max<std::size_t>(1, std::min<std::size_t>(cfg_.limits.max_batch,
+                                                              cfg_.limits.max_body / per_key));
+    }
+
     void send_exists(connection& c, const std::shared_ptr<batch>& b, std::vector<operation*>& ops) {
         const auto deadline = detail::clock::now() + cfg_.request_timeout;
-        for (std::size_t first = 0; first < ops.size(); first += cfg_.limits.max_batch) {
-            const std::size_t n = std::min<std::size_t>(cfg_.limits.max_batch, ops.size() - first);
+        const std::size_t chunk = exists_chunk();
+        for (std::size_t first = 0; first < ops.size(); first += chunk) {
+            const std::size_t n = std::min<std::size_t>(chunk, ops.size() - first);
             std::vector<std::string> keys;
             keys.reserve(n);
             request r;

@@ -661,8 +661,12 @@ private:
         for (const auto& m : meta_store)
             r.meta.push_back(std::as_bytes(std::span(m.data(), m.size())));
         counters_.exists_keys.fetch_add(keys->size(), std::memory_order_relaxed);
-        reply(c, protocol::opcode::exists, h.request_id, {},
-              protocol::encode_exists_reply(r, h.flags));
+        auto out = protocol::encode_exists_reply(r, h.flags);
+        // Sizes and metadata of thousands of keys may not fit one body: the client splits.
+        if (out.size() > cfg_.limits.max_body)
+            return reply(c, protocol::opcode::exists, h.request_id,
+                         make_error_code(errc::too_large));
+        reply(c, protocol::opcode::exists, h.request_id, {}, std::move(out));
     }
 
     // ---- put --------------------------------------------------------------------------------
