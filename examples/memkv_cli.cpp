@@ -346,15 +346,39 @@ int do_del(memkv::default_client& c, const global_options& g,
     return rc;
 }
 
+/// The "client:" section of stats: what this client saw of each server (connected now,
+/// operations, errors, timeouts, reconnection attempts, reply latency percentiles), one
+/// "client.serverI.NAME VALUE" line each, I being the index in --servers.
+void print_client_stats(const memkv::default_client& c) {
+    fmt::print("client:\n");
+    const auto all = c.server_stats();
+    for (std::size_t i = 0; i < all.size(); ++i) {
+        const auto& s = all[i];
+        const auto p = fmt::format("client.server{}.", i);
+        fmt::print("{}endpoint {}\n", p, s.endpoint);
+        fmt::print("{}up {}\n", p, s.up ? 1 : 0);
+        fmt::print("{}requests {}\n", p, s.requests);
+        fmt::print("{}errors {}\n", p, s.errors);
+        fmt::print("{}timeouts {}\n", p, s.timeouts);
+        fmt::print("{}reconnects {}\n", p, s.reconnects);
+        fmt::print("{}p50_us {}\n", p, s.p50_us);
+        fmt::print("{}p99_us {}\n", p, s.p99_us);
+        fmt::print("{}p999_us {}\n", p, s.p999_us);
+        fmt::print("{}max_us {}\n", p, s.max_us);
+    }
+}
+
 int do_stats(memkv::default_client& c) {
     auto s = c.stats();
     if (!s) {
         error("stats: {}", explain(s.error()));
+        print_client_stats(c); // shows which server is down
         return exit_server;
     }
     std::sort(s->begin(), s->end(), [](const auto& a, const auto& b) { return a.name < b.name; });
     for (const auto& e : *s)
         fmt::print("{} {}\n", e.name, e.value);
+    print_client_stats(c);
     return exit_ok;
 }
 
@@ -496,7 +520,8 @@ int main(int argc, char** argv) {
     del->add_option("KEY", del_keys, "Keys")->required();
 
     auto* stats = app.add_subcommand("stats", "Print the servers' counters, \"name value\" "
-                                              "per line, sorted");
+                                              "per line, sorted, then a \"client:\" section: "
+                                              "this client's view of each server");
     auto* ping = app.add_subcommand("ping", "Check that every server answers");
 
     try {

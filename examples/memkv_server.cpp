@@ -310,6 +310,9 @@ struct options {
     std::vector<std::string> listen{"127.0.0.1:9900"};
     std::uint32_t shards = 0; // 0 = automatic
     std::string store = "memory";
+    std::string path;     // file store
+    bool reshard = false;
+    bool wipe_on_incompatible = false;
     std::uint64_t capacity = 1ull << 30;
     std::uint64_t max_value = 64ull << 20;
     std::uint64_t region_size = 0; // 0 = 2 * max_value
@@ -349,7 +352,8 @@ struct totals {
                   bytes_out = 0;
 };
 
-totals sum_counters(const memkv::memory_server& srv) {
+template <class Server>
+totals sum_counters(const Server& srv) {
     totals t;
     auto v = [](const memkv::shard_counters::counter& c) {
         return c.load(std::memory_order_relaxed);
@@ -367,6 +371,10 @@ totals sum_counters(const memkv::memory_server& srv) {
     return t;
 }
 
+template <class Server>
+int serve(const options& o, const memkv::server_config& cfg, typename Server::store_config scfg,
+          std::uint64_t per_shard);
+
 int run(const options& o) {
     const std::uint64_t region_asked = o.region_size ? o.region_size : 2 * o.max_value;
     const std::uint64_t region = (region_asked + meta_block - 1) / meta_block * meta_block;
@@ -379,9 +387,13 @@ int run(const options& o) {
         return exit_usage;
     }
 
-    // Each shard has its own store of capacity / shards bytes, which must hold two regions
-    // (one open for writes, one to reclaim into).
-    const std::uint64_t max_shards = o.capacity / (2 * region);
+    // Each shard's part of the store must hold two regions (one open for writes, one to
+    // reclaim into); a persistent store also keeps its superblock area.
+    const bool persistent = o.store != "memory";
+    const std::uint64_t usable = persistent && o.capacity > memkv::storage::data_offset
+                                     ? o.capacity - memkv::storage::data_offset
+                                     : (persistent ? 0 : o.capacity);
+    const std::uint64_t max_shards = usable / (2 * region);
     if (max_shards == 0) {
         fmt::print(stderr,
                    "{}: error: --capacity {} is less than 2 regions of {} (the region size is "
@@ -402,8 +414,7 @@ int run(const options& o) {
                    human_size(region), max_shards);
         return exit_usage;
     }
-    // memory_store gives each shard capacity / shards bytes.
-    const std::uint64_t per_shard = o.capacity / shards;
+    const std::uint64_t per_shard = usable / shards;
 
     std::string why;
     auto keys = load_keys(o.auth_key_file, why);
@@ -420,8 +431,34 @@ int run(const options& o) {
     cfg.limits.max_value = o.max_value;
     cfg.region_size = region;
     cfg.buffers_per_shard = o.buffers;
+    cfg.reshard = o.reshard;
+    cfg.wipe_on_incompatible = o.wipe_on_incompatible;
+    if (o.store == "file") {
+#if !defined(MEMKV_HAS_URING)
+        fmt::print(stderr, "{}: error: this build has no io_uring: no file store\n", program);
+        return exit_usage;
+#else
+        if (o.path.empty()) {
+            fmt::print(stderr, "{}: error: --store file needs --path FILE\n", program);
+            return exit_usage;
+        }
+        memkv::file_store::config scfg;
+        scfg.path = o.path;
+        scfg.capacity = o.capacity;
+        return serve<memkv::file_server>(o, cfg, scfg, per_shard);
+#endif
+    }
     memkv::memory_store::config scfg;
     scfg.capacity = o.capacity;
+    return serve<memkv::memory_server>(o, cfg, scfg, per_shard);
+}
+
+/// Creates, starts and runs a server until SIGTERM/SIGINT; SIGHUP reloads the keys.
+template <class Server>
+int serve(const options& o, const memkv::server_config& cfg, typename Server::store_config scfg,
+          std::uint64_t per_shard) {
+    const auto shards = cfg.shards;
+    std::string why;
 
     // Block the signals before any thread exists, so that every server thread inherits the
     // mask and only sigwait() below sees them.
@@ -436,14 +473,16 @@ int run(const options& o) {
     }
     std::signal(SIGPIPE, SIG_IGN);
 
-    auto created = memkv::memory_server::create(cfg, scfg);
+    auto created = Server::create(cfg, scfg);
     if (!created) {
         fmt::print(stderr,
-                   "{}: error: cannot create the server ({} shards, a {} memory store and {} "
-                   "buffers of {} each): {}\n",
-                   program, shards, human_size(per_shard), cfg.buffers_per_shard,
-                   human_size(cfg.buffer_size), created.error().message());
-        return created.error() == memkv::errc::invalid_argument ? exit_usage : exit_runtime;
+                   "{}: error: cannot create the server ({} shards, a {} {} store ({} per shard) "
+                   "and {} buffers of {} each): {}\n",
+                   program, shards, human_size(o.capacity), o.store, human_size(per_shard),
+                   cfg.buffers_per_shard, human_size(cfg.buffer_size), created.error().message());
+        const auto e = created.error();
+        return e == memkv::errc::invalid_argument || e == memkv::errc::rejected ? exit_usage
+                                                                                : exit_runtime;
     }
     auto& srv = **created;
     if (auto r = srv.start(); !r) {
@@ -465,8 +504,11 @@ int run(const options& o) {
     for (const auto& ep : srv.endpoints())
         log("info", "listening on {}", ep);
     log("info", "shards: {}{}", srv.shard_count(), o.pin_cpus ? " (pinned to CPUs)" : "");
-    log("info", "store: {}, capacity {} ({} per shard), max value {}", o.store,
-        human_size(o.capacity), human_size(per_shard), human_size(o.max_value));
+    log("info", "store: {}{}, capacity {} ({} per shard), max value {}", o.store,
+        o.path.empty() ? std::string() : " " + o.path, human_size(o.capacity),
+        human_size(per_shard), human_size(o.max_value));
+    if constexpr (requires { srv.store_direct_io(); })
+        log("info", "I/O: {}", srv.store_direct_io() ? "O_DIRECT" : "buffered (no O_DIRECT)");
     log("info", "region size: {}", human_size(srv.config().region_size));
     log("info", "buffers: {} x {} per shard, {}", srv.config().buffers_per_shard,
         human_size(srv.config().buffer_size),
@@ -558,21 +600,32 @@ int main(int argc, char** argv) {
         ->envname("MEMKV_SHARDS")
         ->type_name("N")
         ->check(CLI::Range(1u, 4096u).description(""));
-    app.add_option("--store", o.store, "Store kind; only 'memory' (DRAM) in this version")
+    app.add_option("--store", o.store,
+                   "Store kind: 'memory' (DRAM, lost at exit) or 'file' (a preallocated file, "
+                   "--path; survives restarts and crashes)")
         ->envname("MEMKV_STORE")
         ->type_name("KIND")
         ->default_str("memory")
         ->check([](const std::string& s) -> std::string {
-            if (s == "memory") return {};
-            if (s == "file" || s == "block" || s == "nvme")
-                return fmt::format("the {} store is not built yet in this version: only "
-                                   "'memory' is available (file and block-device stores "
-                                   "come later)",
+            if (s == "memory" || s == "file") return {};
+            if (s == "block" || s == "nvme")
+                return fmt::format("the {} store is not built yet in this version: use "
+                                   "'memory' or 'file'",
                                    s);
-            return fmt::format("unknown store '{}': only 'memory' is available", s);
+            return fmt::format("unknown store '{}': use 'memory' or 'file'", s);
         });
+    app.add_option("--path", o.path,
+                   "File of the file store (created and preallocated to --capacity if needed)")
+        ->envname("MEMKV_PATH")
+        ->type_name("FILE");
+    app.add_flag("--reshard", o.reshard,
+                 "Wipe and reformat a store formatted for another shard count")
+        ->envname("MEMKV_RESHARD");
+    app.add_flag("--wipe-on-incompatible", o.wipe_on_incompatible,
+                 "Wipe and reformat a store whose superblock is damaged or of an unknown format")
+        ->envname("MEMKV_WIPE_ON_INCOMPATIBLE");
     app.add_option("--capacity", o.capacity,
-                   "Bytes of the memory store, split evenly between the shards")
+                   "Bytes of the store (memory, or the file's size), split between the shards")
         ->envname("MEMKV_CAPACITY")
         ->transform(size)
         ->check(nonzero)

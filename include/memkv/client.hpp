@@ -94,23 +94,7 @@ public:
     /// reported through `cb` if given, else through poll_completed() / completion_fd(). Waits
     /// while more than max_inflight operations are in flight.
     result<std::uint64_t> submit(std::span<operation> ops, callback cb = {}) {
-        if (::getpid() != pid_) return errc::forked;
-        auto b = std::make_shared<batch>();
-        b->ops = ops;
-        b->cb = std::move(cb);
-        b->remaining = ops.size();
-        std::unique_lock lock(mutex_);
-        b->id = ++next_batch_;
-        if (std::this_thread::get_id() != progress_id_)
-            inflight_cv_.wait(lock, [&] {
-                return stopping_ || inflight_ + ops.size() <= cfg_.max_inflight || inflight_ == 0;
-            });
-        if (stopping_) return errc::closed;
-        inflight_ += ops.size();
-        submitted_.push_back(b);
-        lock.unlock();
-        wake();
-        return b->id;
+        return submit_batch(ops, std::move(cb), false);
     }
 
     /// Ids of batches completed since the last call (those submitted without a callback).
@@ -132,9 +116,9 @@ public:
         std::erase(completed_, id);
     }
 
-    /// Submits and waits.
+    /// Submits and waits. Does not signal completion_fd() (it is for submit()'s batches).
     result<void> run(std::span<operation> ops) {
-        auto id = submit(ops);
+        auto id = submit_batch(ops, {}, true);
         if (!id) return id.error();
         wait(*id);
         return {};
@@ -311,6 +295,7 @@ public:
         b->ops = {&op, 1};
         b->remaining = 1;
         b->raw_target = {server, shard};
+        b->internal = true;
         {
             std::lock_guard lock(mutex_);
             b->id = ++next_batch_;
@@ -329,7 +314,29 @@ private:
         callback cb;
         std::size_t remaining = 0;
         std::optional<std::pair<std::size_t, std::uint32_t>> raw_target;
+        bool internal = false; // a synchronous call's: not reported by poll_completed()
     };
+
+    result<std::uint64_t> submit_batch(std::span<operation> ops, callback cb, bool internal) {
+        if (::getpid() != pid_) return errc::forked;
+        auto b = std::make_shared<batch>();
+        b->ops = ops;
+        b->cb = std::move(cb);
+        b->internal = internal;
+        b->remaining = ops.size();
+        std::unique_lock lock(mutex_);
+        b->id = ++next_batch_;
+        if (std::this_thread::get_id() != progress_id_)
+            inflight_cv_.wait(lock, [&] {
+                return stopping_ || inflight_ + ops.size() <= cfg_.max_inflight || inflight_ == 0;
+            });
+        if (stopping_) return errc::closed;
+        inflight_ += ops.size();
+        submitted_.push_back(b);
+        lock.unlock();
+        wake();
+        return b->id;
+    }
 
     struct stats_request {
         std::vector<server_stats_entry> entries;
@@ -724,6 +731,9 @@ private:
         } else {
             if (op.key.empty() || op.key.size() + cfg_.key_prefix.size() > cfg_.limits.max_key)
                 return complete(b, op, make_error_code(errc::invalid_argument));
+            if (op.kind == op_kind::put && (op.options.meta.size() > cfg_.limits.max_meta ||
+                                            op.value.size() > cfg_.limits.max_value))
+                return complete(b, op, make_error_code(errc::too_large));
             srv = locate_unchecked(op.key).first;
         }
         auto& s = *servers_[srv];
@@ -1000,8 +1010,12 @@ private:
     /// Maps a payload frame's bytes into the request's destination fragments.
     detail::frame_action payload(connection& c, request& r, const protocol::frame_header& h) {
         if (h.offset != r.received || h.value_len != r.expect) return protocol_violation(c);
-        if (r.failed) return detail::frame_action::discard;
         auto& iov = c.ch->payload_target();
+        if (r.failed) { // drained into a scratch sink, so that the request still completes
+            if (sink_.size() < h.payload_len) sink_.resize(h.payload_len);
+            iov.push_back({sink_.data(), h.payload_len});
+            return detail::frame_action::accept;
+        }
         std::uint64_t skip = h.offset, left = h.payload_len;
         for (auto f : r.dst) {
             if (left == 0) break;
@@ -1077,8 +1091,8 @@ private:
         // never blocks).
         if (b->cb) return b->cb(b->ops);
         std::lock_guard lock(mutex_);
-        {
-            finished_.insert(b->id);
+        finished_.insert(b->id);
+        if (!b->internal) {
             completed_.push_back(b->id);
             std::uint64_t one = 1;
             [[maybe_unused]] auto r = ::write(done_fd_.get(), &one, sizeof(one));
@@ -1172,6 +1186,7 @@ private:
     // progress thread only
     std::vector<std::size_t> violated_;
     std::vector<std::pair<std::size_t, std::error_code>> failed_;
+    std::vector<std::byte> sink_; // payload of requests that already failed
     std::map<std::pair<connection*, batch*>,
              std::pair<std::shared_ptr<batch>, std::vector<operation*>>>
         groups_, exists_groups_;

@@ -12,6 +12,10 @@
 #include <memkv/transport/transport_set.hpp>
 #include <memkv/transport/unix.hpp>
 
+#if defined(MEMKV_HAS_URING) // link memkv::uring
+#include <memkv/store/file_store.hpp>
+#endif
+
 namespace memkv {
 
 /// TCP and Unix-socket clients on one server.
@@ -20,5 +24,10 @@ using stream_transports = transport_set<tcp_transport, unix_transport>;
 using memory_server = server<stream_transports, memory_store>;
 /// A client that reaches servers over TCP ("host:port") or Unix sockets ("unix:/path").
 using default_client = client<stream_transports>;
+
+#if defined(MEMKV_HAS_URING)
+/// The co-located file mode: a file store reachable over TCP and Unix sockets.
+using file_server = server<stream_transports, file_store>;
+#endif
 
 } // namespace memkv

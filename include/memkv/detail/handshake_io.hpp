@@ -143,6 +143,12 @@ public:
                 return fail(n.error());
             }
             have_ += *n;
+            // Reject anything that is not a memkv handshake as soon as its magic is in.
+            if (have_ >= 4 && have_ - *n < 4) {
+                const auto magic = protocol::load_le32(buf_.data());
+                if (magic != (state_ == state::hello ? auth::hello_magic : auth::proof_magic))
+                    return fail(make_error_code(errc::protocol));
+            }
             if (have_ < want) continue;
             have_ = 0;
             if (state_ == state::hello) {

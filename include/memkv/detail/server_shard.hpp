@@ -173,8 +173,11 @@ public:
                     c->draining = true, mark(*c);
             }
             if (stopping && (idle() || clock::now() >= drain_deadline)) break;
-            update_interest();
-            const int timeout = stopping ? 10 : 1000;
+            update_interest(); // may resume paused channels, which submit store I/O
+            drain_store();
+            close_doomed();
+            // Work made ready above (dirty connections) must not wait for an event.
+            const int timeout = !dirty_.empty() ? 0 : stopping ? 10 : 1000;
             int n = ::epoll_wait(epoll_.get(), events, 64, timeout);
             for (int i = 0; i < n; ++i)
                 on_event(events[i]);
@@ -359,7 +362,9 @@ private:
     /// Sets each touched connection's epoll interest: read unless paused, over its in-flight
     /// cap or draining; write while frames are queued.
     void update_interest() {
-        for (auto id : dirty_) {
+        // Handling a connection may mark others (buffers given back): they go to the next round.
+        auto dirty = std::exchange(dirty_, {});
+        for (auto id : dirty) {
             auto it = conns_.find(id);
             if (it == conns_.end()) continue;
             auto& c = *it->second;
@@ -386,11 +391,6 @@ private:
                 c.interest = want;
             }
         }
-        dirty_.clear();
-        // Connections paused for buffers may proceed now that others released some.
-        if (pool_.available() > 0)
-            for (auto& [id, c] : conns_)
-                if (c->ch.paused()) mark(*c);
     }
 
     void flush(connection& c) {
@@ -558,23 +558,27 @@ private:
         case opcode::del: {
             if (h.payload_len || !begin_request(c, h.request_id)) return protocol_error(c);
             auto km = protocol::split_key_meta(h, body, cfg_.limits);
-            if (!km) return protocol_error(c);
+            if (!km) return malformed(c, km.error());
             if (h.code() == opcode::get)
                 start_get(c, h.request_id, km->key, h.offset, h.length);
             else
                 do_del(c, h.request_id, km->key);
             return frame_action::discard;
         }
-        case opcode::exists:
+        case opcode::exists: {
             if (h.payload_len || !begin_request(c, h.request_id)) return protocol_error(c);
-            do_exists(c, h, body);
+            auto keys = protocol::decode_exists_request(h, body, cfg_.limits);
+            if (!keys) return malformed(c, keys.error());
+            do_exists(c, h, *keys);
             return frame_action::discard;
+        }
         case opcode::put: {
             // A put paused for buffers is dispatched again on resume: start it only once.
             if (!c.puts.contains(h.request_id)) {
                 if (!begin_request(c, h.request_id)) return protocol_error(c);
                 auto km = protocol::split_key_meta(h, body, cfg_.limits);
-                if (!km || h.offset != 0) return protocol_error(c);
+                if (!km) return malformed(c, km.error());
+                if (h.offset != 0 || !room_for_put(c)) return protocol_error(c);
                 start_put(c, h.request_id, km->key, km->meta, h.flags, h.value_len, h.length);
             }
             return data_target(c, h.request_id, h.offset, h.payload_len);
@@ -582,10 +586,20 @@ private:
         case opcode::batch: {
             if (h.payload_len) return protocol_error(c);
             auto subs = protocol::decode_batch(h, body, cfg_.limits);
-            if (!subs) return protocol_error(c);
+            if (!subs) return malformed(c, subs.error());
+            // The batch's own id and every sub-request id must grow; all are checked before
+            // anything runs, so a malformed batch changes nothing.
+            std::uint64_t last = h.request_id;
+            if (last <= c.last_request) return protocol_error(c);
+            for (const auto& s : *subs) {
+                if (s.id <= last) return protocol_error(c);
+                last = s.id;
+            }
+            c.last_request = h.request_id;
             counters_.batches.fetch_add(1, std::memory_order_relaxed);
             for (const auto& s : *subs) {
                 if (!begin_request(c, s.id)) return protocol_error(c);
+                if (s.op == opcode::put && !room_for_put(c)) return protocol_error(c);
                 switch (s.op) {
                 case opcode::put:
                     start_put(c, s.id, s.key, s.meta, s.flags, s.value_len, s.length);
@@ -603,7 +617,8 @@ private:
             return frame_action::discard;
         }
         case opcode::data:
-            if (h.body_len) return protocol_error(c);
+            // A data frame carries at least one byte of a transfer in progress.
+            if (h.body_len || h.payload_len == 0) return protocol_error(c);
             return data_target(c, h.request_id, h.offset, h.payload_len);
         case opcode::attach:
             return protocol_error(c);
@@ -613,10 +628,20 @@ private:
 
     /// A well-formed frame that breaks the protocol's rules: the channel stops (pause) and the
     /// connection is failed.
-    frame_action protocol_error(connection& c) {
-        fail_connection(c, make_error_code(errc::protocol));
+    frame_action protocol_error(connection& c) { return malformed(c, make_error_code(errc::protocol)); }
+
+    /// A body that fails to decode: errc::protocol, or errc::too_large for a length over a cap.
+    frame_action malformed(connection& c, std::error_code ec) {
+        fail_connection(c, ec);
         return frame_action::pause;
     }
+
+    /// Puts whose value has not fully arrived are bounded per connection (each holds engine
+    /// space); a client that opens more without sending their values is broken or hostile.
+    bool room_for_put(const connection& c) const noexcept {
+        return c.puts.size() + c.dropping.size() < max_pending_puts;
+    }
+    static constexpr std::size_t max_pending_puts = 4096;
 
     /// A delete writes a tombstone record and flushes before it is acknowledged.
     void do_del(connection& c, std::uint64_t id, std::span<const std::byte> key) {
@@ -643,15 +668,13 @@ private:
     }
 
     void do_exists(connection& c, const protocol::frame_header& h,
-                   std::span<const std::byte> body) {
-        auto keys = protocol::decode_exists_request(h, body, cfg_.limits);
-        if (!keys) return reply(c, protocol::opcode::exists, h.request_id, keys.error());
+                   const std::vector<std::span<const std::byte>>& keys) {
         protocol::exists_reply r;
         const bool sizes = h.flags & protocol::flags::want_sizes;
         const bool metas = h.flags & protocol::flags::want_meta;
         const auto now = now_ms();
         std::vector<std::string> meta_store; // keeps metadata alive while encoding
-        for (const auto& k : *keys) {
+        for (const auto& k : keys) {
             if (!owns(k)) return wrong_shard(c, protocol::opcode::exists, h.request_id);
             const auto* e = engine_.find(storage::index_key(c.tenant, k), now);
             r.present.push_back(e != nullptr);
@@ -660,7 +683,7 @@ private:
         }
         for (const auto& m : meta_store)
             r.meta.push_back(std::as_bytes(std::span(m.data(), m.size())));
-        counters_.exists_keys.fetch_add(keys->size(), std::memory_order_relaxed);
+        counters_.exists_keys.fetch_add(keys.size(), std::memory_order_relaxed);
         auto out = protocol::encode_exists_reply(r, h.flags);
         // Sizes and metadata of thousands of keys may not fit one body: the client splits.
         if (out.size() > cfg_.limits.max_body)
@@ -731,7 +754,7 @@ private:
         const std::size_t bsize = pool_.buffer_size();
         if (!op.buf) {
             op.buf = pool_.acquire();
-            if (!op.buf) return frame_action::pause;
+            if (!op.buf) return wait_for_buffer(c);
             ++c.held;
             op.fill = 0;
             op.buf_value_off = op.received;
@@ -742,7 +765,7 @@ private:
             iov.push_back({op.buf + op.fill, len});
         } else {
             op.next = pool_.acquire();
-            if (!op.next) return frame_action::pause;
+            if (!op.next) return wait_for_buffer(c);
             ++c.held;
             iov.push_back({op.buf + op.fill, room});
             iov.push_back({op.next, len - room});
@@ -819,8 +842,23 @@ private:
         inflight_io_.emplace(tag, io_ctx{op, nullptr, b, len});
     }
 
-    void release_buffer(std::uint64_t conn_id, std::byte* b) {
+    /// Returns a buffer to the pool and wakes the connections that paused for one (they retry
+    /// at the next update_interest()).
+    void give_back(std::byte* b) {
         pool_.release(b);
+        for (auto id : buffer_waiters_)
+            if (auto* c = find_conn(id)) mark(*c);
+        buffer_waiters_.clear();
+    }
+
+    /// Pauses a connection's channel until a buffer is given back.
+    frame_action wait_for_buffer(connection& c) {
+        buffer_waiters_.push_back(c.id);
+        return frame_action::pause;
+    }
+
+    void release_buffer(std::uint64_t conn_id, std::byte* b) {
+        give_back(b);
         if (auto* c = find_conn(conn_id)) {
             --c->held;
             mark(*c);
@@ -1042,12 +1080,12 @@ private:
     void abandon_get(get_op& op) {
         op.finished = true;
         for (auto& p : op.pieces)
-            if (p.ready) pool_.release(p.buf);
+            if (p.ready) give_back(p.buf);
         std::erase_if(op.pieces, [](const auto& p) { return p.ready; });
     }
 
     void release_piece_buffer(get_op& op, std::byte* b) {
-        pool_.release(b);
+        give_back(b);
         --op.in_channel;
     }
 
@@ -1120,7 +1158,7 @@ private:
                               [&](const auto& x) { return x.buf == ctx.buf; });
         if (!c || op->finished) {
             if (p != op->pieces.end()) op->pieces.erase(p);
-            pool_.release(ctx.buf);
+            give_back(ctx.buf);
             if (c) {
                 --c->held;
                 mark(*c);
@@ -1159,6 +1197,7 @@ private:
     std::unordered_map<std::uint64_t, std::unique_ptr<connection>> conns_;
     std::vector<std::uint64_t> dirty_;
     std::vector<std::uint64_t> doomed_;
+    std::vector<std::uint64_t> buffer_waiters_; // connections paused until a buffer is free
     std::uint64_t next_conn_id_ = 0;
     std::uint64_t next_tag_ = 0;
     std::unordered_map<std::uint64_t, io_ctx> inflight_io_;

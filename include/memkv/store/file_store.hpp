@@ -1,278 +1,299 @@
 // SPDX-License-Identifier: Apache-2.0
-// file_store: a preallocated file on any filesystem, driven by io_uring, O_DIRECT where the
-// filesystem accepts it (co-located file mode).
+// file_store: a window of a preallocated file, with io_uring and O_DIRECT where the filesystem
+// accepts it (co-located file mode: laptops, CI, edge nodes).
 #pragma once
 
 #include <memkv/concepts.hpp>
 #include <memkv/detail/log.hpp>
 #include <memkv/detail/socket.hpp>
+#include <memkv/detail/uring.hpp>
+#include <memkv/error.hpp>
+#include <memkv/result.hpp>
 
 #include <fcntl.h>
-#include <liburing.h>
-#include <sys/eventfd.h>
+#include <linux/falloc.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <cerrno>
+#include <cstdint>
 #include <cstdlib>
-#include <memory>
+#include <cstring>
+#include <limits>
+#include <span>
 #include <string>
-#include <vector>
+#include <utility>
 
 namespace memkv {
 
-/// A store in one file. Every instance opens the file with its own descriptor and io_uring (a
-/// server opens one per shard), so instances never share state. Reads and writes are
-/// io_uring operations; short transfers and -EAGAIN are resubmitted until the whole operation
-/// is done, so each completes exactly once with its full length or an error. Flush is
-/// fdatasync through the ring (the file's preallocated extents need it even with O_DIRECT);
-/// discard punches a hole (fallocate PUNCH_HOLE | KEEP_SIZE).
+/// @brief A store over the window [offset, offset + capacity) of a file.
+///
+/// - The file is created and preallocated (fallocate mode 0) up to offset + capacity when it is
+///   smaller and `create` is set; writes then land in allocated extents (fdatasync is still needed
+///   for durability: the extents are "unwritten" until written).
+/// - O_DIRECT is used where the filesystem accepts it (ext4, xfs, btrfs, tmpfs since Linux 6.6).
+///   With `direct_mode::auto_`, a refusal (EINVAL at open, or on a probe read of one block) falls
+///   back to buffered I/O with a warning; `direct()` says which is in use.
+/// - read/write go through io_uring (`detail::uring`); flush is fdatasync through io_uring;
+///   discard punches a hole (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE) synchronously and queues
+///   its completion. A hole reads back as zeros, which nothing may rely on (concept rule 5).
+///   Rewriting a punched range allocates again, so a write can then fail with -ENOSPC if the
+///   filesystem filled up meanwhile.
+/// - Offsets given to read/write/discard are relative to the window.
+/// - Several instances may open the same file (every shard of a server does, each with its own
+///   descriptor and ring); each touches only its own window.
 class file_store {
 public:
+    /// Data survives the process: the engine keeps a superblock in it.
     static constexpr bool persistent = true;
 
-    enum class direct_mode { auto_, on, off };
-
-    struct config {
-        std::string path;                    ///< created if absent (when `create`)
-        std::uint64_t offset = 0;            ///< where this store starts in the file
-        std::uint64_t capacity = 1ull << 30; ///< bytes from `offset`
-        std::uint32_t block_size = 4096;
-        unsigned queue_depth = 128;
-        direct_mode direct = direct_mode::auto_; ///< auto: O_DIRECT if the filesystem takes it
-        bool create = true;                  ///< create and preallocate the file if needed
+    /// Whether to use O_DIRECT.
+    enum class direct_mode : std::uint8_t {
+        auto_, ///< O_DIRECT if the filesystem accepts it, else buffered with a warning
+        on,    ///< O_DIRECT or fail
+        off,   ///< buffered I/O (page cache)
     };
 
-    static result<file_store> create(const config& c) {
-        if (c.path.empty() || c.capacity == 0 || c.block_size < 512 ||
-            (c.block_size & (c.block_size - 1)) || c.offset % c.block_size ||
-            c.capacity % c.block_size)
+    struct config {
+        std::string path;                ///< the file
+        std::uint64_t offset = 0;        ///< where this window starts in the file (block aligned)
+        std::uint64_t capacity = 0;      ///< window length, rounded down to the block size;
+                                         ///< 0 = up to the end of the existing file
+        std::uint32_t block_size = 4096; ///< I/O alignment: power of two, >= 512
+        unsigned queue_depth = 64;       ///< io_uring submission entries
+        direct_mode direct = direct_mode::auto_;
+        bool create = true; ///< create the file, and preallocate it up to offset + capacity
+    };
+
+    /// A range of the window that lies on one device (window coordinates).
+    struct segment {
+        std::uint64_t offset = 0;
+        std::uint64_t length = 0;
+    };
+
+    /// Opens (and creates, preallocates) the file. Errors: errc::invalid_argument for a bad
+    /// configuration (logged); errc::no_space when preallocation finds no space; a system error
+    /// from open/fallocate/io_uring setup otherwise (EPERM/ENOSYS: io_uring disabled).
+    static result<file_store> create(const config& cfg) noexcept {
+        const std::uint32_t bs = cfg.block_size;
+        if (bs < 512 || (bs & (bs - 1)) != 0 || cfg.path.empty() || cfg.offset % bs != 0 ||
+            cfg.queue_depth == 0) {
+            detail::log_error("file_store: bad configuration for '{}' (offset {}, block size {}, "
+                              "queue depth {})",
+                              cfg.path, cfg.offset, bs, cfg.queue_depth);
             return errc::invalid_argument;
+        }
         file_store s;
-        s.offset_ = c.offset;
-        s.capacity_ = c.capacity;
-        s.block_size_ = c.block_size;
-        const int flags = O_RDWR | O_CLOEXEC | (c.create ? O_CREAT : 0);
-        if (c.direct != direct_mode::off) {
-            s.fd_.reset(::open(c.path.c_str(), flags | O_DIRECT, 0600));
-            s.direct_ = s.fd_ && probe_direct(s.fd_.get(), c.block_size);
-            if (!s.direct_) {
-                if (c.direct == direct_mode::on) {
-                    detail::log_error("{}: the filesystem refuses O_DIRECT", c.path);
-                    return errc::invalid_argument;
-                }
-                s.fd_.reset();
-            }
+        s.block_size_ = bs;
+        const int base_flags = O_RDWR | O_CLOEXEC | (cfg.create ? O_CREAT : 0);
+        bool direct = cfg.direct != direct_mode::off;
+        int fd = ::open(cfg.path.c_str(), base_flags | (direct ? O_DIRECT : 0), 0600);
+        if (fd < 0 && errno == EINVAL && cfg.direct == direct_mode::auto_) {
+            warn_buffered(cfg.path, "does not accept O_DIRECT");
+            direct = false;
+            fd = ::open(cfg.path.c_str(), base_flags, 0600);
         }
-        if (!s.fd_) {
-            s.fd_.reset(::open(c.path.c_str(), flags, 0600));
-            if (!s.fd_) {
-                const int err = errno;
-                detail::log_error("cannot open {}: {}", c.path, std::strerror(err));
-                return errno_code(err);
-            }
-            if (c.direct == direct_mode::auto_ && !logged_fallback().exchange(true))
-                detail::log_warn("{}: O_DIRECT is not available on this filesystem; using "
-                                 "buffered I/O (page cache)",
-                                 c.path);
+        if (fd < 0) {
+            const int err = errno;
+            detail::log_error("file_store: cannot open {}: {}", cfg.path, std::strerror(err));
+            return errno_code(err);
         }
+        s.fd_.reset(fd);
+
         struct stat st {};
-        if (::fstat(s.fd_.get(), &st) != 0) return errno_code(errno);
-        if (!S_ISREG(st.st_mode)) return errc::invalid_argument;
-        const auto need = static_cast<off_t>(c.offset + c.capacity);
-        if (st.st_size < need) {
-            if (!c.create) return errc::no_space;
-            if (::fallocate(s.fd_.get(), 0, 0, need) != 0 && ::ftruncate(s.fd_.get(), need) != 0)
-                return errno_code(errno);
+        if (::fstat(fd, &st) != 0) return errno_code(errno);
+        if (!S_ISREG(st.st_mode)) {
+            detail::log_error("file_store: {} is not a regular file (use block_store for devices)",
+                              cfg.path);
+            return errc::invalid_argument;
         }
-        s.ring_ = std::make_unique<io_uring>();
-        if (int r = ::io_uring_queue_init(c.queue_depth, s.ring_.get(), 0); r < 0) {
-            s.ring_.reset();
-            return errno_code(r);
+        const auto size = static_cast<std::uint64_t>(st.st_size);
+        std::uint64_t cap = cfg.capacity / bs * bs;
+        if (cfg.capacity == 0) cap = size > cfg.offset ? (size - cfg.offset) / bs * bs : 0;
+        if (cap == 0 || cfg.offset > std::numeric_limits<std::uint64_t>::max() - cap) {
+            detail::log_error("file_store: {}: empty window (offset {}, capacity {}, file size {})",
+                              cfg.path, cfg.offset, cfg.capacity, size);
+            return errc::invalid_argument;
         }
-        s.event_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
-        if (!s.event_ || ::io_uring_register_eventfd(s.ring_.get(), s.event_.get()) < 0)
-            return errno_code(errno);
+        const std::uint64_t end = cfg.offset + cap;
+        if (size < end) {
+            if (!cfg.create) {
+                detail::log_error("file_store: {} has {} bytes; the window needs {}", cfg.path,
+                                  size, end);
+                return errc::invalid_argument;
+            }
+            MEMKV_TRY(preallocate(fd, cfg.path, size, end));
+        }
+        s.offset_ = cfg.offset;
+        s.capacity_ = cap;
+        s.segment_ = {0, cap};
+
+        if (direct) {
+            auto probe = probe_direct(fd, cfg.offset, bs);
+            if (!probe && probe.error() == std::errc::invalid_argument &&
+                cfg.direct == direct_mode::auto_) {
+                warn_buffered(cfg.path, "refuses O_DIRECT I/O of this block size");
+                if (::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) & ~O_DIRECT) != 0)
+                    return errno_code(errno);
+                direct = false;
+            } else if (!probe) {
+                detail::log_error("file_store: {}: O_DIRECT probe failed: {}", cfg.path,
+                                  probe.error().message());
+                return probe.error();
+            }
+        }
+        s.direct_ = direct;
+
+        auto ring = detail::uring::create(cfg.queue_depth);
+        if (!ring) {
+            detail::log_error("file_store: io_uring setup failed: {}", ring.error().message());
+            return ring.error();
+        }
+        s.ring_ = std::move(*ring);
         return s;
     }
 
-    /// Each shard opens the whole store (the engine gives it a window): no split here.
-    file_store() = default;
-    file_store(file_store&& o) noexcept { swap(o); }
-    file_store& operator=(file_store&& o) noexcept {
-        file_store tmp(std::move(o));
-        swap(tmp);
-        return *this;
+    /// Window `shard` of `shards` equal, block-aligned slices of [offset, offset + capacity)
+    /// (capacity 0: up to the current end of the file). When the slice would be empty, or the
+    /// file size cannot be read, the result has an unaligned offset that create() refuses.
+    static config shard_config(const config& c, std::uint32_t shard,
+                               std::uint32_t shards) noexcept {
+        config s = c;
+        if (shards <= 1) return s;
+        std::uint64_t cap = c.capacity;
+        struct stat st {};
+        if (cap == 0 && ::stat(c.path.c_str(), &st) == 0 &&
+            static_cast<std::uint64_t>(st.st_size) > c.offset)
+            cap = static_cast<std::uint64_t>(st.st_size) - c.offset;
+        const std::uint64_t bs = c.block_size ? c.block_size : 1;
+        const std::uint64_t slice = cap / shards / bs * bs;
+        if (slice == 0 || shard >= shards) {
+            s.offset = std::numeric_limits<std::uint64_t>::max();
+            s.capacity = 0;
+            return s;
+        }
+        s.offset = c.offset + std::uint64_t(shard) * slice;
+        s.capacity = slice;
+        return s;
     }
-    ~file_store() {
-        if (ring_) ::io_uring_queue_exit(ring_.get());
-    }
+
+    file_store() noexcept = default;
+    file_store(file_store&&) noexcept = default;
+    file_store& operator=(file_store&&) noexcept = default;
+    ~file_store() = default;
 
     std::uint32_t block_size() const noexcept { return block_size_; }
     std::uint64_t capacity() const noexcept { return capacity_; }
-    int notify_fd() const noexcept { return event_.get(); }
-    /// Whether O_DIRECT is in use.
+    /// The eventfd of the store's io_uring.
+    int notify_fd() const noexcept { return ring_.event_fd(); }
+    /// True when O_DIRECT is in use.
     bool direct() const noexcept { return direct_; }
-    std::uint64_t bytes_written() const noexcept { return bytes_written_; }
+    /// Bytes of writes completed successfully by this instance.
+    std::uint64_t bytes_written() const noexcept { return ring_.stats().bytes_written; }
+    /// Discards that the filesystem could not do (hole punching unsupported); they completed
+    /// with success.
+    std::uint64_t discards_unsupported() const noexcept { return discards_unsupported_; }
+    /// Ranges that never cross a device: for a file, the whole window.
+    std::span<const segment> segments() const noexcept { return {&segment_, 1}; }
+    /// io_uring counters (fixed-buffer use, short-I/O resubmissions, ...).
+    const detail::uring_stats& io_stats() const noexcept { return ring_.stats(); }
 
+    /// Registers I/O buffers (the shard's buffer pool) with io_uring, so that reads and writes
+    /// inside them use fixed buffers. Call while no I/O is in flight (else errc::retry). Optional:
+    /// a failure (ENOMEM under a small RLIMIT_MEMLOCK) only costs the optimisation.
+    result<void> register_buffers(std::span<const iovec> regions) noexcept {
+        return ring_.register_buffers(regions);
+    }
+
+    /// Reads `buf.size()` bytes at window offset `offset`. Rules 1-3 of memkv::store.
     result<void> read(std::uint64_t offset, std::span<std::byte> buf, std::uint64_t tag) noexcept {
         MEMKV_TRY(check(offset, buf.size(), buf.data()));
-        return submit(op_kind::read, offset, buf.data(), buf.size(), tag);
+        return ring_.read(fd_.get(), offset_ + offset, buf, tag);
     }
+    /// Writes `buf` at window offset `offset`.
     result<void> write(std::uint64_t offset, std::span<const std::byte> buf,
                        std::uint64_t tag) noexcept {
         MEMKV_TRY(check(offset, buf.size(), buf.data()));
-        return submit(op_kind::write, offset, const_cast<std::byte*>(buf.data()), buf.size(), tag);
+        return ring_.write(fd_.get(), offset_ + offset, buf, tag);
     }
-    result<void> flush(std::uint64_t tag) noexcept {
-        return submit(op_kind::fsync, 0, nullptr, 0, tag);
-    }
+    /// fdatasync through io_uring: completes after every write completed before it is durable.
+    result<void> flush(std::uint64_t tag) noexcept { return ring_.fsync(fd_.get(), true, tag); }
+    /// Punches a hole over the range (synchronously); the completion carries 0 or -errno. A
+    /// filesystem without hole punching counts the discard and reports success.
     result<void> discard(std::uint64_t offset, std::uint64_t length, std::uint64_t tag) noexcept {
         MEMKV_TRY(check(offset, length, nullptr));
-        const int r = ::fallocate(fd_.get(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-                                  static_cast<off_t>(offset_ + offset), static_cast<off_t>(length));
-        ready_.push_back({tag, r == 0 ? 0 : -errno});
+        std::int64_t res = 0;
+        if (length != 0 &&
+            ::fallocate(fd_.get(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                        static_cast<off_t>(offset_ + offset), static_cast<off_t>(length)) != 0) {
+            if (errno == EOPNOTSUPP)
+                ++discards_unsupported_;
+            else
+                res = -errno;
+        }
+        ring_.post(tag, res);
         return {};
     }
-
-    std::size_t poll(std::span<io_completion> out) noexcept {
-        std::uint64_t v;
-        [[maybe_unused]] auto r = ::read(event_.get(), &v, sizeof(v)); // re-arm the eventfd
-        std::size_t n = 0;
-        while (n < out.size() && !ready_.empty()) {
-            out[n++] = ready_.back();
-            ready_.pop_back();
-        }
-        io_uring_cqe* cqe = nullptr;
-        while (n < out.size() && ::io_uring_peek_cqe(ring_.get(), &cqe) == 0) {
-            auto* o = static_cast<op*>(::io_uring_cqe_get_data(cqe));
-            const int res = cqe->res;
-            ::io_uring_cqe_seen(ring_.get(), cqe);
-            if (res == -EAGAIN || res == -EINTR || (res > 0 && o->kind != op_kind::fsync &&
-                                                    o->done + std::size_t(res) < o->len)) {
-                if (res > 0) o->done += static_cast<std::size_t>(res);
-                if (!queue(o)) out[n++] = finish(o, -EIO);
-                continue;
-            }
-            if (res == 0 && o->kind != op_kind::fsync && o->len != o->done)
-                out[n++] = finish(o, -EIO); // end of file: cannot happen inside the window
-            else
-                out[n++] = finish(o, res < 0 ? res : static_cast<std::int64_t>(o->done + res));
-        }
-        flush_backlog();
-        ::io_uring_submit(ring_.get());
-        return n;
-    }
+    /// Moves finished operations to `out`; never blocks.
+    std::size_t poll(std::span<io_completion> out) noexcept { return ring_.reap(out); }
 
 private:
-    enum class op_kind { read, write, fsync };
-    struct op {
-        op_kind kind;
-        std::uint64_t offset; // file offset
-        std::byte* buf;
-        std::size_t len, done;
-        std::uint64_t tag;
-    };
-
-    static std::atomic<bool>& logged_fallback() {
-        static std::atomic<bool> once{false};
-        return once;
-    }
-
-    /// O_DIRECT opens can succeed on filesystems whose I/O then fails with EINVAL: try one.
-    static bool probe_direct(int fd, std::uint32_t bs) {
-        void* p = nullptr;
-        if (::posix_memalign(&p, bs, bs) != 0) return false;
-        const auto r = ::pread(fd, p, bs, 0);
-        std::free(p);
-        return r >= 0 || errno != EINVAL;
-    }
-
     result<void> check(std::uint64_t offset, std::uint64_t length, const void* buf) const noexcept {
-        if (offset % block_size_ || length % block_size_ ||
-            reinterpret_cast<std::uintptr_t>(buf) % block_size_)
+        if (offset % block_size_ != 0 || length % block_size_ != 0 ||
+            reinterpret_cast<std::uintptr_t>(buf) % block_size_ != 0)
             return errc::bad_alignment;
         if (offset > capacity_ || length > capacity_ - offset) return errc::invalid_argument;
         return {};
     }
 
-    result<void> submit(op_kind k, std::uint64_t offset, std::byte* buf, std::size_t len,
-                        std::uint64_t tag) noexcept {
-        op* o = alloc();
-        *o = op{k, offset_ + offset, buf, len, 0, tag};
-        if (k == op_kind::write) bytes_written_ += len;
-        if (!queue(o)) backlog_.push_back(o); // the ring is full: submitted from poll()
-        ::io_uring_submit(ring_.get());
+    static result<void> preallocate(int fd, const std::string& path, std::uint64_t from,
+                                    std::uint64_t to) noexcept {
+        if (::fallocate(fd, 0, static_cast<off_t>(from), static_cast<off_t>(to - from)) == 0)
+            return {};
+        const int err = errno;
+        if (err == ENOSPC) {
+            detail::log_error("file_store: no space to preallocate {} bytes of {}", to - from,
+                              path);
+            return errc::no_space;
+        }
+        if (err != EOPNOTSUPP) {
+            detail::log_error("file_store: cannot preallocate {}: {}", path, std::strerror(err));
+            return errno_code(err);
+        }
+        detail::log_warn("file_store: {} cannot be preallocated; the file stays sparse", path);
+        if (::ftruncate(fd, static_cast<off_t>(to)) != 0) return errno_code(errno);
         return {};
     }
 
-    /// Puts an operation (or its remainder) on the ring; false if the ring has no room.
-    bool queue(op* o) noexcept {
-        io_uring_sqe* sqe = ::io_uring_get_sqe(ring_.get());
-        if (!sqe) {
-            ::io_uring_submit(ring_.get());
-            sqe = ::io_uring_get_sqe(ring_.get());
-            if (!sqe) return false;
-        }
-        switch (o->kind) {
-        case op_kind::read:
-            ::io_uring_prep_read(sqe, fd_.get(), o->buf + o->done,
-                                 static_cast<unsigned>(o->len - o->done), o->offset + o->done);
-            break;
-        case op_kind::write:
-            ::io_uring_prep_write(sqe, fd_.get(), o->buf + o->done,
-                                  static_cast<unsigned>(o->len - o->done), o->offset + o->done);
-            break;
-        case op_kind::fsync: ::io_uring_prep_fsync(sqe, fd_.get(), IORING_FSYNC_DATASYNC); break;
-        }
-        ::io_uring_sqe_set_data(sqe, o);
-        return true;
+    /// Every shard opens the file: the fallback is logged once per process.
+    static void warn_buffered(const std::string& path, const char* why) noexcept {
+        static std::atomic<bool> logged{false};
+        if (!logged.exchange(true))
+            detail::log_warn("file_store: {} {}; using buffered I/O (page cache)", path, why);
     }
 
-    void flush_backlog() noexcept {
-        while (!backlog_.empty() && queue(backlog_.front())) backlog_.erase(backlog_.begin());
+    /// One aligned O_DIRECT read of a block at `at`: EINVAL means the filesystem (or its block
+    /// size) refuses this alignment.
+    static result<void> probe_direct(int fd, std::uint64_t at, std::uint32_t bs) noexcept {
+        void* p = nullptr;
+        if (::posix_memalign(&p, bs, bs) != 0) return errc::no_space;
+        const ssize_t r = ::pread(fd, p, bs, static_cast<off_t>(at));
+        const int err = errno;
+        std::free(p);
+        if (r < 0) return errno_code(err);
+        return {};
     }
 
-    io_completion finish(op* o, std::int64_t res) noexcept {
-        const io_completion c{o->tag, res};
-        free_.push_back(o);
-        return c;
-    }
-
-    op* alloc() {
-        if (free_.empty()) {
-            ops_.push_back(std::make_unique<op>());
-            return ops_.back().get();
-        }
-        op* o = free_.back();
-        free_.pop_back();
-        return o;
-    }
-
-    void swap(file_store& o) noexcept {
-        std::swap(fd_, o.fd_);
-        std::swap(event_, o.event_);
-        std::swap(ring_, o.ring_);
-        std::swap(offset_, o.offset_);
-        std::swap(capacity_, o.capacity_);
-        std::swap(block_size_, o.block_size_);
-        std::swap(direct_, o.direct_);
-        std::swap(bytes_written_, o.bytes_written_);
-        std::swap(ops_, o.ops_);
-        std::swap(free_, o.free_);
-        std::swap(backlog_, o.backlog_);
-        std::swap(ready_, o.ready_);
-    }
-
-    detail::unique_fd fd_, event_;
-    std::unique_ptr<io_uring> ring_;
-    std::uint64_t offset_ = 0, capacity_ = 0;
+    detail::unique_fd fd_;
+    detail::uring ring_;
+    std::uint64_t offset_ = 0;   // file offset of window offset 0
+    std::uint64_t capacity_ = 0; // window length
+    std::uint64_t discards_unsupported_ = 0;
+    segment segment_{};
     std::uint32_t block_size_ = 4096;
     bool direct_ = false;
-    std::uint64_t bytes_written_ = 0;
-    std::vector<std::unique_ptr<op>> ops_; // every op record ever made (reused via free_)
-    std::vector<op*> free_;
-    std::vector<op*> backlog_;             // waiting for room on the ring
-    std::vector<io_completion> ready_;     // completed without the ring (discard)
 };
 
 static_assert(store<file_store>);

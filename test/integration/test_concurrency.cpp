@@ -1,0 +1,346 @@
+// SPDX-License-Identifier: Apache-2.0
+// Concurrency that cannot be faked: one client shared by 8 threads, each keeping 64 requests in
+// flight, against a 2-shard server. The server's own counters prove that requests were
+// pipelined and answered out of order, and that each shard saw exactly the keys placement
+// assigns to it; every value read back is checked byte for byte.
+#include "support/catch.hpp"
+#include "support/integration.hpp"
+#include "support/seed.hpp"
+#include "support/server_fixture.hpp"
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstring>
+#include <deque>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+using namespace memkv;
+using memkv::test::mismatch;
+using memkv::test::pattern;
+using memkv::test::server_fixture;
+using memkv::test::shard_of;
+
+namespace {
+
+constexpr std::size_t KiB = 1024, MiB = 1024 * 1024;
+constexpr std::uint32_t shards = 2;
+
+/// What one worker thread did, for the totals checked against the server's counters.
+struct worker_result {
+    std::uint64_t puts[shards] = {0, 0};
+    std::uint64_t gets[shards] = {0, 0};
+    std::uint64_t errors = 0;
+    std::uint64_t mismatches = 0;
+    std::uint64_t stuck = 0; // waits for a completion that timed out
+    std::string first_problem;
+};
+
+/// One thread's share of the load: `ops_total` operations over its own keys, `depth` in flight at
+/// once, each completion refilled at once with the next operation. Puts rewrite a key's one
+/// value (content-addressed, as KV-cache keys are); gets only ask for keys whose put completed,
+/// so every get must hit and return exactly that value.
+class worker {
+public:
+    worker(default_client& c, unsigned index, std::size_t keys, std::size_t depth,
+           std::size_t ops_total)
+        : client_(c), index_(index), depth_(depth), ops_total_(ops_total),
+          rng_(memkv::test::rng(0xC0 + index)) {
+        for (std::size_t k = 0; k < keys; ++k) {
+            keys_.push_back("conc-" + std::to_string(index) + "-" + std::to_string(k));
+            // 4 KiB .. 256 KiB, log-uniform, odd sizes.
+            const std::size_t size =
+                std::min<std::size_t>(256 * KiB, (4 * KiB << (rng_() % 7)) + rng_() % (4 * KiB));
+            values_.push_back(pattern(index * 100000 + k, size));
+        }
+        written_.assign(keys, false);
+        slots_.resize(depth);
+        for (auto& s : slots_)
+            s.buffer.resize(256 * KiB);
+    }
+
+    void run() {
+        for (std::size_t i = 0; i < depth_ && issued_ < ops_total_; ++i)
+            issue(i);
+        while (completed_ < issued_) {
+            std::size_t slot;
+            {
+                std::unique_lock lock(mutex_);
+                if (!cv_.wait_for(lock, std::chrono::seconds(60), [&] { return !done_.empty(); })) {
+                    ++result_.stuck;
+                    note("no completion within 60 s");
+                    return;
+                }
+                slot = done_.front();
+                done_.pop_front();
+            }
+            ++completed_;
+            check(slot);
+            if (issued_ < ops_total_) issue(slot);
+        }
+    }
+
+    const worker_result& result() const noexcept { return result_; }
+
+private:
+    struct slot {
+        operation op;
+        std::size_t key = 0;
+        bool scatter = false;
+        std::vector<std::byte> buffer; // scatter destination
+    };
+
+    void note(const std::string& what) {
+        if (result_.first_problem.empty()) result_.first_problem = what;
+    }
+
+    void issue(std::size_t i) {
+        auto& s = slots_[i];
+        s.op = operation{};
+        const bool any_written = written_count_ > 0;
+        const bool put = !any_written || rng_() % 3 == 0;
+        if (put) {
+            s.key = rng_() % keys_.size();
+        } else {
+            do
+                s.key = rng_() % keys_.size();
+            while (!written_[s.key]);
+        }
+        s.op.key = keys_[s.key];
+        const auto shard = shard_of(s.op.key, shards);
+        if (put) {
+            s.op.kind = op_kind::put;
+            s.op.value = values_[s.key];
+            ++result_.puts[shard];
+        } else {
+            s.op.kind = op_kind::get;
+            s.scatter = rng_() % 2 == 0;
+            if (s.scatter) {
+                // Two fragments: an odd split of the slot's buffer.
+                const std::size_t cut = 1 + rng_() % (values_[s.key].size());
+                s.op.fragments = {std::span(s.buffer).first(cut), std::span(s.buffer).subspan(cut)};
+            }
+            ++result_.gets[shard];
+        }
+        ++issued_;
+        auto id = client_.submit({&s.op, 1}, [this, i](std::span<operation>) {
+            {
+                std::lock_guard lock(mutex_);
+                done_.push_back(i);
+            }
+            cv_.notify_one();
+        });
+        if (!id) {
+            ++result_.errors;
+            note("submit failed: " + id.error().message());
+            std::lock_guard lock(mutex_);
+            done_.push_back(i);
+        }
+    }
+
+    void check(std::size_t i) {
+        auto& s = slots_[i];
+        if (s.op.status) {
+            ++result_.errors;
+            note("key " + s.op.key + ": " + s.op.status.message());
+            return;
+        }
+        const auto& want = values_[s.key];
+        if (s.op.kind == op_kind::put) {
+            if (!written_[s.key]) ++written_count_;
+            written_[s.key] = true;
+            return;
+        }
+        const std::span<const std::byte> got =
+            s.scatter
+                ? std::span<const std::byte>(s.buffer).first(std::min(s.op.size, s.buffer.size()))
+                : std::span<const std::byte>(s.op.data);
+        if (s.op.size != want.size() || s.op.value_size != want.size()) {
+            ++result_.mismatches;
+            note("key " + s.op.key + ": size " + std::to_string(s.op.size));
+            return;
+        }
+        if (auto m = mismatch(got, want); !m.empty()) {
+            ++result_.mismatches;
+            note("key " + s.op.key + ": " + m);
+        }
+    }
+
+    default_client& client_;
+    unsigned index_;
+    std::size_t depth_, ops_total_;
+    std::mt19937_64 rng_;
+    std::vector<std::string> keys_;
+    std::vector<std::vector<std::byte>> values_;
+    std::vector<bool> written_;
+    std::size_t written_count_ = 0;
+    std::vector<slot> slots_;
+    std::size_t issued_ = 0, completed_ = 0;
+    std::mutex mutex_;
+    std::condition_variable cv_;
+    std::deque<std::size_t> done_;
+    worker_result result_;
+};
+
+} // namespace
+
+TEST_CASE("Eight threads sharing one client with 64 requests each in flight get every byte right",
+          "[integration][concurrency][!mayfail]") {
+    // Fails until two server bugs are fixed (detail/server_shard.hpp); with both fixed it passes
+    // in about a second (checked against a patched copy of the headers):
+    //  1. run(): I/O issued inside update_interest() (a paused channel resumed, its puts' store
+    //     writes submitted) completes in memory_store at once but is only drained after the
+    //     next epoll_wait(), which sleeps its full 1000 ms because nothing else is readable;
+    //     connections marked at the end of update_interest() wait the same. Hundreds of such
+    //     1 s stalls push requests past the client's 10 s timeout.
+    //  2. update_interest(): `for (auto id : dirty_)` clears c.dirty and then calls flush(c) and
+    //     c.ch.resume(c), which can call mark(c) again: that push_back() into dirty_ during the
+    //     range-for (invalidating its iterators) is then erased by dirty_.clear(), while c.dirty
+    //     stays true, so the connection is never marked again: its epoll interest is frozen
+    //     and replies queued by reply() are never flushed (requests time out).
+    // Proposed fixes: (1) drain_store() after update_interest() and a zero epoll timeout while
+    // dirty_ is non-empty or the store returned completions; (2) iterate over a moved-out copy
+    // (`auto dirty = std::exchange(dirty_, {});`) so that marks made meanwhile survive.
+    server_fixture fx(server_fixture::make_config(shards));
+    auto c = fx.client();
+    constexpr unsigned threads = 8;
+    constexpr std::size_t depth = 64, keys = 96, ops = 2000;
+
+    std::vector<std::unique_ptr<worker>> workers;
+    for (unsigned t = 0; t < threads; ++t)
+        workers.push_back(std::make_unique<worker>(*c, t, keys, depth, ops));
+    const auto t0 = std::chrono::steady_clock::now();
+    std::vector<std::thread> pool;
+    for (auto& w : workers)
+        pool.emplace_back([&w] { w->run(); });
+    for (auto& t : pool)
+        t.join();
+    const auto secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+
+    worker_result total;
+    for (auto& w : workers) {
+        const auto& r = w->result();
+        for (std::uint32_t s = 0; s < shards; ++s) {
+            total.puts[s] += r.puts[s];
+            total.gets[s] += r.gets[s];
+        }
+        total.errors += r.errors;
+        total.mismatches += r.mismatches;
+        total.stuck += r.stuck;
+        if (total.first_problem.empty()) total.first_problem = r.first_problem;
+    }
+    INFO("first problem: " << total.first_problem);
+    INFO(threads * ops << " operations in " << secs << " s");
+    REQUIRE(total.stuck == 0);
+    CHECK(total.errors == 0);
+    CHECK(total.mismatches == 0);
+
+    std::uint64_t depth_seen = 0, out_of_order = 0;
+    for (std::uint32_t s = 0; s < shards; ++s) {
+        const auto& k = fx.server->counters(s);
+        INFO("shard " << s << ": puts " << k.puts.load() << " gets " << k.gets.load()
+                      << " requests " << k.requests.load() << " max_pipeline_depth "
+                      << k.max_pipeline_depth.load() << " out_of_order_replies "
+                      << k.out_of_order_replies.load());
+        // Each shard saw exactly the keys placement gives it: no more, no fewer, none misrouted.
+        CHECK(k.puts.load() == total.puts[s]);
+        CHECK(k.gets.load() == total.gets[s]);
+        CHECK(k.requests.load() == total.puts[s] + total.gets[s]);
+        CHECK(k.wrong_shard.load() == 0);
+        CHECK(k.hits.load() == total.gets[s]);
+        CHECK(k.misses.load() == 0);
+        CHECK(total.puts[s] > 0);
+        CHECK(total.gets[s] > 0);
+        depth_seen = std::max<std::uint64_t>(depth_seen, k.max_pipeline_depth.load());
+        out_of_order += k.out_of_order_replies.load();
+    }
+    INFO("max_pipeline_depth " << depth_seen << ", out_of_order_replies " << out_of_order);
+    // More than one request was in flight on a connection, and replies overtook older requests.
+    CHECK(depth_seen > 1);
+    CHECK(out_of_order > 0);
+}
+
+TEST_CASE("Small GETs overtake an 8 MiB GET on the same connection", "[integration][concurrency]") {
+    server_fixture fx(server_fixture::make_config(shards));
+    auto c = fx.client();
+    const auto big_key = std::string("ooo-big");
+    const auto shard = shard_of(big_key, shards);
+    const auto big = pattern(1, 8 * MiB);
+    REQUIRE(c->put(big_key, big).has_value());
+    const auto small_keys = memkv::test::keys_on_shard("ooo-small", shard, shards, 8);
+    const auto small = pattern(2, 4 * KiB);
+    for (const auto& k : small_keys)
+        REQUIRE(c->put(k, small).has_value());
+
+    const auto before = fx.server->counters(shard).out_of_order_replies.load();
+    // A few rounds: each is one 8 MiB GET followed at once by 4 KiB GETs, separate batches.
+    for (int round = 0; round < 5; ++round) {
+        std::vector<operation> ops(1 + small_keys.size());
+        memkv::test::completion_counter done;
+        ops[0].kind = op_kind::get;
+        ops[0].key = big_key;
+        for (std::size_t i = 0; i < small_keys.size(); ++i) {
+            ops[1 + i].kind = op_kind::get;
+            ops[1 + i].key = small_keys[i];
+        }
+        for (auto& op : ops)
+            REQUIRE(c->submit({&op, 1}, [&](std::span<operation>) { done.signal(); }).has_value());
+        REQUIRE(done.wait_for(ops.size(), std::chrono::seconds(30)) == ops.size());
+        CHECK(!ops[0].status);
+        CHECK(mismatch(ops[0].data, big) == "");
+        for (std::size_t i = 1; i < ops.size(); ++i) {
+            CHECK(!ops[i].status);
+            CHECK(mismatch(ops[i].data, small) == "");
+        }
+    }
+    const auto& k = fx.server->counters(shard);
+    INFO("out_of_order_replies " << k.out_of_order_replies.load() << " max_pipeline_depth "
+                                 << k.max_pipeline_depth.load());
+    CHECK(k.out_of_order_replies.load() > before);
+    CHECK(k.max_pipeline_depth.load() > 1);
+}
+
+TEST_CASE("A request sent to the wrong shard is refused with wrong_shard and counted",
+          "[integration][concurrency][wrong_shard]") {
+    server_fixture fx(server_fixture::make_config(shards));
+    auto c = fx.client();
+    const auto wrong = static_cast<std::uint32_t>(errc::wrong_shard);
+    const auto not_found = static_cast<std::uint32_t>(errc::not_found);
+    std::uint64_t expected[shards] = {0, 0};
+
+    // Keys owned by each shard, asked of the other one.
+    for (std::uint32_t owner = 0; owner < shards; ++owner) {
+        for (const auto& key : memkv::test::keys_on_shard("ws", owner, shards, 3)) {
+            INFO("key " << key << " owned by shard " << owner);
+            const std::uint32_t other = 1 - owner;
+            // Absent: the owner says not_found, the other wrong_shard.
+            auto r = c->raw_get_status(0, owner, key);
+            REQUIRE(r.has_value());
+            CHECK(*r == not_found);
+            r = c->raw_get_status(0, other, key);
+            REQUIRE(r.has_value());
+            CHECK(*r == wrong);
+            ++expected[other];
+            // Present: still wrong_shard at the other shard, and the owner has it.
+            const auto v = pattern(owner, 1000);
+            REQUIRE(c->put(key, v).has_value());
+            r = c->raw_get_status(0, other, key);
+            REQUIRE(r.has_value());
+            CHECK(*r == wrong);
+            ++expected[other];
+            r = c->raw_get_status(0, owner, key);
+            REQUIRE(r.has_value());
+            CHECK(*r == 0);
+            auto got = c->get(key);
+            REQUIRE(got.has_value());
+            CHECK(mismatch(*got, v) == "");
+        }
+    }
+    for (std::uint32_t s = 0; s < shards; ++s) {
+        INFO("shard " << s);
+        CHECK(fx.server->counters(s).wrong_shard.load() == expected[s]);
+    }
+}
