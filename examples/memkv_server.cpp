@@ -310,7 +310,9 @@ struct options {
     std::vector<std::string> listen{"127.0.0.1:9900"};
     std::uint32_t shards = 0; // 0 = automatic
     std::string store = "memory";
-    std::string path;     // file store
+    std::string path;                 // file store
+    std::vector<std::string> devices; // block store
+    bool format = false;
     bool reshard = false;
     bool wipe_on_incompatible = false;
     std::uint64_t capacity = 1ull << 30;
@@ -446,6 +448,21 @@ int run(const options& o) {
         scfg.path = o.path;
         scfg.capacity = o.capacity;
         return serve<memkv::file_server>(o, cfg, scfg, per_shard);
+#endif
+    }
+    if (o.store == "block") {
+#if !defined(MEMKV_HAS_URING)
+        fmt::print(stderr, "{}: error: this build has no io_uring: no block store\n", program);
+        return exit_usage;
+#else
+        if (o.devices.empty()) {
+            fmt::print(stderr, "{}: error: --store block needs --device DEV\n", program);
+            return exit_usage;
+        }
+        memkv::block_store::config scfg;
+        scfg.devices = o.devices;
+        scfg.format = o.format;
+        return serve<memkv::block_server>(o, cfg, scfg, per_shard);
 #endif
     }
     memkv::memory_store::config scfg;
@@ -607,17 +624,21 @@ int main(int argc, char** argv) {
         ->type_name("KIND")
         ->default_str("memory")
         ->check([](const std::string& s) -> std::string {
-            if (s == "memory" || s == "file") return {};
-            if (s == "block" || s == "nvme")
-                return fmt::format("the {} store is not built yet in this version: use "
-                                   "'memory' or 'file'",
-                                   s);
-            return fmt::format("unknown store '{}': use 'memory' or 'file'", s);
+            if (s == "memory" || s == "file" || s == "block") return {};
+            return fmt::format("unknown store '{}': use 'memory', 'file' or 'block'", s);
         });
     app.add_option("--path", o.path,
                    "File of the file store (created and preallocated to --capacity if needed)")
         ->envname("MEMKV_PATH")
         ->type_name("FILE");
+    app.add_option("--device", o.devices,
+                   "Raw block device of the block store (repeatable: JBOF); owned exclusively")
+        ->envname("MEMKV_DEVICES")
+        ->delimiter(',')
+        ->type_name("DEV");
+    app.add_flag("--format", o.format,
+                 "Block store: take devices that carry a filesystem or another signature")
+        ->envname("MEMKV_FORMAT");
     app.add_flag("--reshard", o.reshard,
                  "Wipe and reformat a store formatted for another shard count")
         ->envname("MEMKV_RESHARD");

@@ -13,6 +13,7 @@
 #include <memkv/transport/unix.hpp>
 
 #if defined(MEMKV_HAS_URING) // link memkv::uring
+#include <memkv/store/block_store.hpp>
 #include <memkv/store/file_store.hpp>
 #endif
 
@@ -28,6 +29,8 @@ using default_client = client<stream_transports>;
 #if defined(MEMKV_HAS_URING)
 /// The co-located file mode: a file store reachable over TCP and Unix sockets.
 using file_server = server<stream_transports, file_store>;
+/// The distributed / co-located-with-drives store over TCP and Unix sockets (RDMA: later).
+using block_server = server<stream_transports, block_store>;
 #endif
 
 } // namespace memkv

@@ -100,8 +100,7 @@ struct key_set {
     }
 
     /// Writes the keys of `server` (all servers if none), in batches of `batch` puts: the first
-    /// failure, or success. (Small batches: see "A batch of puts larger than a shard's buffer
-    /// pool is not stalled" in test_failover.cpp.)
+    /// failure, or success.
     template <class Client>
     std::error_code write(Client& c, std::optional<std::size_t> server = std::nullopt,
                           std::size_t batch = 16) const {

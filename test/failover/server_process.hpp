@@ -105,15 +105,23 @@ private:
     std::optional<int> old_nice_, old_group_;
 };
 
-/// A directory for logs and port files, removed when the tests pass (kept on failure).
-inline std::string work_dir() {
-    static const std::string dir = [] {
+/// A directory for the servers' logs and port files, removed when the process exits unless
+/// MEMKV_KEEP_LOGS is set (failures print the logs that matter).
+inline const std::string& work_dir() {
+    // Never destroyed: the exit handler below runs after static destructors registered later.
+    static const std::string* dir = [] {
         auto d = std::filesystem::temp_directory_path() /
                  ("memkv-failover-" + std::to_string(::getpid()));
         std::filesystem::create_directories(d);
-        return d.string();
+        auto* path = new std::string(d.string());
+        if (!std::getenv("MEMKV_KEEP_LOGS"))
+            std::atexit([] {
+                std::error_code ec;
+                std::filesystem::remove_all(work_dir(), ec);
+            });
+        return path;
     }();
-    return dir;
+    return *dir;
 }
 
 /// A memkv-server child process. Its stdout and stderr go to a log file in work_dir(); it gets

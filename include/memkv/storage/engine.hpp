@@ -214,6 +214,9 @@ public:
         rs.tombstones = tombstones_;
         rs.entries = index_.size() - tombstones_;
         stats_.corrupt_records += rs.corrupt_records;
+        // Versions of records a killed process had in flight were not recovered but may still
+        // land on the drive: never hand those numbers out again.
+        version_ += version_gap;
         rs.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         return rs;
     }
@@ -258,6 +261,11 @@ public:
     /// obsolete. For a tombstone: removes the value (keeps the tombstone).
     result<void> commit(put_ticket&& t, record_info&& info) {
         unpin(t.region);
+        struct finish_write {
+            engine& e;
+            std::uint32_t region;
+            ~finish_write() { e.writer_done(region); }
+        } done{*this, t.region}; // runs after the entry is published
         auto [it, inserted] = index_.try_emplace(t.key);
         auto& e = it->second;
         if (!inserted) {
@@ -282,7 +290,10 @@ public:
     }
 
     /// Gives back a reservation whose write failed or was cancelled.
-    void abort(put_ticket&& t) noexcept { unpin(t.region); }
+    void abort(put_ticket&& t) noexcept {
+        unpin(t.region);
+        writer_done(t.region);
+    }
 
     /// Forgets version `version` of a value whose stored bytes failed their checksum: it becomes
     /// a miss (unless a newer version replaced it meanwhile).
@@ -301,7 +312,7 @@ public:
     /// summaries instead of scanning.
     result<void> seal_open_region() {
         if (!open_) return {};
-        MEMKV_TRY(seal(*open_));
+        MEMKV_TRY(close_region(*open_));
         sealed_.push_back(*open_);
         open_.reset();
         return cfg_.io->flush();
@@ -326,7 +337,9 @@ private:
         std::uint64_t live_bytes = 0;
         std::uint64_t generation = 0;
         std::uint64_t seq = 0;
-        std::uint32_t pins = 0; // in-flight reads and writes
+        std::uint32_t pins = 0;    // in-flight reads and writes
+        std::uint32_t writers = 0; // reservations not yet committed or aborted
+        bool seal_pending = false; // full; summary written once writers == 0
         bool sealed = false;
         std::vector<std::string> keys; // index keys written here (some may have moved on)
     };
@@ -378,6 +391,7 @@ private:
         r.used += bytes;
         r.summary_bytes += 12 + header_bytes;
         ++r.pins;
+        ++r.writers;
         return t;
     }
 
@@ -385,7 +399,7 @@ private:
     /// new region's header is flushed before any record goes into it.
     result<void> open_region() {
         if (open_) {
-            MEMKV_TRY(seal(*open_));
+            MEMKV_TRY(close_region(*open_));
             sealed_.push_back(*open_);
             open_.reset();
         }
@@ -405,6 +419,32 @@ private:
         r.used = meta_block;
         open_ = id;
         return {};
+    }
+
+    /// Closes a full region to new records. Its summary lists only published records, so it
+    /// is written once every reservation in the region is committed or aborted: a record still
+    /// being written when the region filled would otherwise be acknowledged later and missing
+    /// from the summary, lost at the next start.
+    result<void> close_region(std::uint32_t id) {
+        auto& r = regions_[id];
+        r.sealed = true;
+        if (r.writers != 0) {
+            r.seal_pending = true;
+            return {};
+        }
+        return seal(id);
+    }
+
+    void writer_done(std::uint32_t id) noexcept {
+        auto& r = regions_[id];
+        --r.writers;
+        if (r.writers == 0 && r.seal_pending) {
+            r.seal_pending = false;
+            // Without a summary the region is scanned at the next start: nothing is lost.
+            if (auto sr = seal(id); !sr)
+                detail::log_warn("region {}: writing its summary failed: {}", id,
+                                 sr.error().message());
+        }
     }
 
     /// Writes the summary of region `id` (the records the index still points at, tombstones
@@ -521,9 +561,10 @@ private:
             ++rs.corrupt_records; // a damaged summary; the scan below still finds the records
         }
         ++rs.regions_scanned;
-        MEMKV_TRY(scan_region(id, rs));
-        // Write the summary the region lacked, so that the next start need not scan it again.
-        return seal(id);
+        // No summary is written here: writes of a killed process may still be landing in this
+        // region's tail (io_uring requests outlive their process), and a summary there could
+        // meet them. The region is scanned again at the next start; only open regions are.
+        return scan_region(id, rs);
     }
 
     /// Walks a region block by block from its first record: a valid header (right location and
@@ -591,6 +632,8 @@ private:
         r.live_bytes += record_bytes(e);
         used_bytes_ += record_bytes(e);
     }
+
+    static constexpr std::uint64_t version_gap = 1ull << 32; // per restart
 
     config cfg_;
     std::vector<region_slot> regions_;

@@ -322,7 +322,18 @@ private:
         auto d = std::make_shared<detail::claimed_device>();
         d->path = path;
         d->rdev = st.st_rdev;
-        d->fd.reset(::open(path.c_str(), O_RDWR | O_DIRECT | O_EXCL | O_CLOEXEC));
+        // A server killed a moment ago holds the device until the kernel has finished its
+        // in-flight I/O: wait for that (up to 10 s) rather than fail, and never read the
+        // device while such writes may still land on it.
+        for (int attempt = 0;; ++attempt) {
+            d->fd.reset(::open(path.c_str(), O_RDWR | O_DIRECT | O_EXCL | O_CLOEXEC));
+            if (d->fd || errno != EBUSY || attempt == 200) break;
+            if (attempt == 0)
+                detail::log_info("block_store: {} is busy; waiting up to 10 s for its holder to "
+                                 "let go",
+                                 path);
+            ::usleep(50000);
+        }
         if (!d->fd) {
             const int err = errno;
             if (err == EBUSY)
