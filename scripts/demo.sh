@@ -39,11 +39,13 @@ cleanup() {
 }
 trap cleanup EXIT
 
-banner "start memkv-server (2 shards, 127.0.0.1, random auth key)"
+banner "start memkv-server (file store, 2 shards, 127.0.0.1, random auth key)"
 MEMKV_AUTH_KEY=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')
 export MEMKV_AUTH_KEY
 echo "auth key: ${MEMKV_AUTH_KEY:0:8}... (32 random bytes, hex; shared by server and client)"
-"$server_bin" --listen 127.0.0.1:0 --shards 2 --port-file "$tmp/port" >"$tmp/server.log" 2>&1 &
+# File mode: a 1 GiB preallocated store file (O_DIRECT where the filesystem allows it).
+"$server_bin" --listen 127.0.0.1:0 --shards 2 --port-file "$tmp/port" \
+  --store file --path "$tmp/memkv-store.img" --capacity 1G >"$tmp/server.log" 2>&1 &
 server_pid=$!
 
 addr=""

@@ -377,9 +377,9 @@ private:
     struct server_state {
         std::string endpoint_text;
         typename Transport::endpoint endpoint;
-        std::uint32_t shard_count = 0;
+        std::atomic<std::uint32_t> shard_count{0}; // read by locate() on any thread
         std::vector<std::unique_ptr<connection>> shards;
-        link state = link::down;
+        std::atomic<link> state{link::down}; // read by server_stats() on any thread
         detail::clock::time_point retry_at{};
         std::chrono::milliseconds backoff{0};
         std::vector<parked_op> parked;
@@ -763,13 +763,13 @@ private:
 
     /// Completes an operation that failed before or without a reply, counting it for its server.
     void fail_op(std::size_t server, const std::shared_ptr<batch>& b, operation& op,
-                 std::error_code ec) {
+                 std::error_code ec, bool timed_out = false) {
         {
             std::lock_guard lock(stats_mutex_);
             auto& st = servers_[server]->stats;
             ++st.requests;
             ++st.errors;
-            if (ec == make_error_code(errc::timed_out)) ++st.timeouts;
+            if (timed_out || ec == make_error_code(errc::timed_out)) ++st.timeouts;
         }
         complete(b, op, ec);
     }
@@ -848,8 +848,8 @@ private:
     /// must fit one body.
     std::size_t exists_chunk() const noexcept {
         const std::size_t per_key = 8 + 2 + cfg_.limits.max_meta + 1;
-        return std::max<std::size_t>(1, std::min<std::size_t>(cfg_.limits.max_batch,
-                                                              cfg_.limits.max_body / per_key));
+        return std::max<std::size_t>(
+            1, std::min<std::size_t>(cfg_.limits.max_batch, cfg_.limits.max_body / per_key));
     }
 
     void send_exists(connection& c, const std::shared_ptr<batch>& b, std::vector<operation*>& ops) {
@@ -1123,9 +1123,9 @@ private:
                 if (--r.stats->remaining == 0) finish_stats(r.stats);
             } else if (!r.exists_ops.empty()) {
                 for (auto* op : r.exists_ops)
-                    fail_op(c.server, r.b, *op, status_for(*op));
+                    fail_op(c.server, r.b, *op, status_for(*op), timeout);
             } else if (r.op) {
-                fail_op(c.server, r.b, *r.op, status_for(*r.op));
+                fail_op(c.server, r.b, *r.op, status_for(*r.op), timeout);
             }
         }
     }
@@ -1141,8 +1141,14 @@ private:
         for (auto s : violated_)
             fail_server(s, make_error_code(errc::protocol));
         violated_.clear();
+        // A connection that broke (reset, closed, I/O error) makes its server unavailable;
+        // only protocol and authentication failures keep their own code.
         for (auto [i, ec] : std::exchange(failed_, {}))
-            if (servers_[i]->state == link::up) mark_down(i, ec);
+            if (servers_[i]->state == link::up)
+                mark_down(i, ec == make_error_code(errc::protocol) ||
+                                     ec == make_error_code(errc::unauthenticated)
+                                 ? ec
+                                 : make_error_code(errc::unavailable));
         const auto now = detail::clock::now();
         for (std::size_t i = 0; i < servers_.size(); ++i) {
             auto& s = *servers_[i];

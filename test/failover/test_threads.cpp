@@ -412,7 +412,7 @@ TEST_CASE("Concurrent large GETs and small PUTs on one connection never leave re
 // them under stats_mutex_ and read shard_count under it in locate().
 TEST_CASE("Threads reading a client's server stats and placement while one of its servers goes "
           "away, comes back and goes away again",
-          "[failover][threads][!mayfail]") {
+          "[failover][threads]") {
     memkv::test::server_fixture server;
     const int port = closed_port();
     memkv::client_config cc;

@@ -127,10 +127,9 @@ private:
         }
         ++issued_;
         auto id = client_.submit({&s.op, 1}, [this, i](std::span<operation>) {
-            {
-                std::lock_guard lock(mutex_);
-                done_.push_back(i);
-            }
+            // Notify under the lock: once it is released the worker may finish and be destroyed.
+            std::lock_guard lock(mutex_);
+            done_.push_back(i);
             cv_.notify_one();
         });
         if (!id) {

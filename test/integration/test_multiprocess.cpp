@@ -28,6 +28,20 @@ namespace {
 
 constexpr std::size_t MiB = 1024 * 1024;
 
+// ThreadSanitizer refuses to start threads in the child of a multi-threaded fork(), so a fresh
+// client there is only tried without it.
+#if defined(__SANITIZE_THREAD__)
+constexpr bool under_tsan = true;
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+constexpr bool under_tsan = true;
+#else
+constexpr bool under_tsan = false;
+#endif
+#else
+constexpr bool under_tsan = false;
+#endif
+
 /// A child process, killed and reaped on scope exit if the test did not reap it.
 class child_process {
 public:
@@ -211,6 +225,7 @@ TEST_CASE(
         auto st = c->stats();
         if (st.has_value() || st.error() != errc::forked) ::_exit(26);
         // (Destroying the parent's client here hangs: see the next test case.)
+        if (under_tsan) ::_exit(0);
         // And a new client made in the child works.
         client_config cc;
         cc.servers = {fx.tcp_endpoint};
@@ -241,9 +256,11 @@ TEST_CASE(
     REQUIRE(got.has_value());
     CHECK(mismatch(*got, pattern(4, 3 * MiB)) == "");
     // What the child's fresh client wrote is visible.
-    got = c->get("fork-child-fresh");
-    REQUIRE(got.has_value());
-    CHECK(mismatch(*got, pattern(3, 1000)) == "");
+    if (!under_tsan) {
+        got = c->get("fork-child-fresh");
+        REQUIRE(got.has_value());
+        CHECK(mismatch(*got, pattern(3, 1000)) == "");
+    }
     // Nothing the child tried through the parent's client reached the server.
     CHECK(c->get("fork-child").error() == errc::not_found);
 }
