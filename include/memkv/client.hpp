@@ -350,7 +350,10 @@ private:
         std::shared_ptr<batch> b;
         operation* op = nullptr;
         std::string wire_key;
-        std::uint64_t sent = 0;                // put: payload bytes queued so far
+        std::uint64_t sent = 0;     // put: payload bytes queued so far
+        unsigned queued_frames = 0; // put: data frames queued, not yet written
+        bool replied = false;       // put: answered (maybe before all was sent)
+        std::error_code reply_status;
         std::vector<std::byte> owned;          // get without fragments
         std::vector<std::span<std::byte>> dst; // get destination
         std::uint64_t received = 0;
@@ -696,13 +699,32 @@ private:
             h.request_id = id;
             h.value_len = v.size();
             h.offset = r.sent;
-            c.ch->send(h, {}, v.subspan(r.sent, n));
+            c.ch->send(h, {}, v.subspan(r.sent, n), id); // borrows the caller's value
+            ++r.queued_frames;
             r.sent += n;
             if (r.sent < v.size()) c.put_queue.push_back(id);
         }
         if (auto w = c.ch->flush(); !w) return fail_server(c.server, w.error());
-        c.ch->sent_tokens().clear();
+        for (auto id : std::exchange(c.ch->sent_tokens(), {}))
+            on_sent(c, id);
         update_interest(c);
+    }
+
+    /// A data frame of put `id` was written: the caller's value is no longer borrowed by it.
+    void on_sent(connection& c, std::uint64_t id) {
+        auto it = c.inflight.find(id);
+        if (it == c.inflight.end()) return;
+        --it->second.queued_frames;
+        finish_put(c, it);
+    }
+
+    /// Completes a put once it is answered AND none of its value is queued or unsent: the
+    /// server may answer early (exists, wrong_shard), but the protocol still wants the rest of
+    /// the value, and the caller's buffer must not be read after the operation completed.
+    void finish_put(connection& c, typename std::map<std::uint64_t, request>::iterator it) {
+        auto& r = it->second;
+        if (!r.replied || r.queued_frames != 0 || r.sent < r.op->value.size()) return;
+        done(c, it, r.reply_status);
     }
 
     /// The connection to (server, shard) if the server is up; nullptr otherwise.
@@ -929,6 +951,10 @@ private:
             h.status() ? make_error_code(static_cast<errc>(h.status())) : std::error_code{};
         switch (h.code()) {
         case opcode::put:
+            r.replied = true;
+            r.reply_status = status;
+            finish_put(c, it);
+            return detail::frame_action::discard;
         case opcode::del:
             done(c, it, status);
             return detail::frame_action::discard;
@@ -1009,7 +1035,9 @@ private:
 
     /// Maps a payload frame's bytes into the request's destination fragments.
     detail::frame_action payload(connection& c, request& r, const protocol::frame_header& h) {
-        if (h.offset != r.received || h.value_len != r.expect) return protocol_violation(c);
+        if (h.offset != r.received || h.value_len != r.expect ||
+            h.payload_len > r.expect - r.received)
+            return protocol_violation(c);
         auto& iov = c.ch->payload_target();
         if (r.failed) { // drained into a scratch sink, so that the request still completes
             if (sink_.size() < h.payload_len) sink_.resize(h.payload_len);
@@ -1124,6 +1152,8 @@ private:
             } else if (!r.exists_ops.empty()) {
                 for (auto* op : r.exists_ops)
                     fail_op(c.server, r.b, *op, status_for(*op), timeout);
+            } else if (r.op && r.replied) { // answered; only its unsent value is dropped
+                complete(r.b, *r.op, r.reply_status);
             } else if (r.op) {
                 fail_op(c.server, r.b, *r.op, status_for(*r.op), timeout);
             }

@@ -169,7 +169,7 @@ private:
     }
 
     default_client& client_;
-    unsigned index_;
+    [[maybe_unused]] unsigned index_; // which worker (for debugging)
     std::size_t depth_, ops_total_;
     std::mt19937_64 rng_;
     std::vector<std::string> keys_;
@@ -187,26 +187,15 @@ private:
 } // namespace
 
 TEST_CASE("Eight threads sharing one client with 64 requests each in flight get every byte right",
-          "[integration][concurrency][!mayfail]") {
-    // Fails until two server bugs are fixed (detail/server_shard.hpp); with both fixed it passes
-    // in about a second (checked against a patched copy of the headers):
-    //  1. run(): I/O issued inside update_interest() (a paused channel resumed, its puts' store
-    //     writes submitted) completes in memory_store at once but is only drained after the
-    //     next epoll_wait(), which sleeps its full 1000 ms because nothing else is readable;
-    //     connections marked at the end of update_interest() wait the same. Hundreds of such
-    //     1 s stalls push requests past the client's 10 s timeout.
-    //  2. update_interest(): `for (auto id : dirty_)` clears c.dirty and then calls flush(c) and
-    //     c.ch.resume(c), which can call mark(c) again: that push_back() into dirty_ during the
-    //     range-for (invalidating its iterators) is then erased by dirty_.clear(), while c.dirty
-    //     stays true, so the connection is never marked again: its epoll interest is frozen
-    //     and replies queued by reply() are never flushed (requests time out).
-    // Proposed fixes: (1) drain_store() after update_interest() and a zero epoll timeout while
-    // dirty_ is non-empty or the store returned completions; (2) iterate over a moved-out copy
-    // (`auto dirty = std::exchange(dirty_, {});`) so that marks made meanwhile survive.
+          "[integration][concurrency]") {
+    // Regression for two server bugs (detail/server_shard.hpp) that made this test take 80 to
+    // 120 s and fail with timeouts: store I/O issued in update_interest() was drained only
+    // after a full 1000 ms epoll_wait(), and marks made while update_interest() iterated over
+    // dirty_ were lost, freezing a connection's epoll interest (replies never flushed).
     server_fixture fx(server_fixture::make_config(shards));
     auto c = fx.client();
     constexpr unsigned threads = 8;
-    constexpr std::size_t depth = 64, keys = 96, ops = 2000;
+    constexpr std::size_t depth = 64, keys = 96, ops = 3000;
 
     std::vector<std::unique_ptr<worker>> workers;
     for (unsigned t = 0; t < threads; ++t)

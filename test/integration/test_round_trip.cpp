@@ -10,6 +10,7 @@
 #include "support/server_fixture.hpp"
 
 #include <poll.h>
+#include <sys/mman.h>
 
 #include <algorithm>
 #include <atomic>
@@ -209,13 +210,10 @@ TEST_CASE("Scatter gets fill several caller fragments in order",
 
 TEST_CASE("Fragments too small for the value fail promptly and leave the connection usable",
           "[integration][round_trip][scatter]") {
-    // Client bug (client.hpp, on_frame case opcode::get and payload()): when the fragments
-    // cannot hold the value the request is marked failed (too_large) and payload() answers
-    // frame_action::discard. The channel never calls on_payload() for a discarded payload, so
-    // r.received stays 0: a one-chunk value never completes (only the request timeout ends it,
-    // fencing every connection to the server), and for a multi-chunk value the next data frame
-    // fails the `h.offset != r.received` check, a "protocol violation" that tears down every
-    // connection to the server and fails unrelated requests with errc::protocol.
+    // Regression: the client used to drop the payload of such a request (frame_action::discard
+    // skips on_payload()), so a one-chunk value completed only at the request timeout and a
+    // multi-chunk one failed the offset check as a "protocol violation" that tore down every
+    // connection to the server.
     server_fixture fx;
     client_config cc;
     cc.request_timeout = std::chrono::milliseconds(3000);
@@ -313,10 +311,9 @@ TEST_CASE("Metadata of up to 256 bytes comes back with get and exists",
 
 TEST_CASE("Metadata of 257 bytes is rejected without harming the connection",
           "[integration][round_trip][metadata]") {
-    // Client bug: client.hpp checks the key length before sending but not the metadata length;
-    // a 257-byte metadata makes the server reject the whole batch frame as too_large, close the
-    // connection, and the client then fails the put (and everything else in flight on that
-    // server) with `unavailable` instead of rejecting the put alone.
+    // Regression: the client used to send it; the server refused the whole batch frame and
+    // closed the connection, failing the put and everything else in flight with
+    // errc::protocol / errc::unavailable.
     server_fixture fx;
     auto c = fx.client();
     REQUIRE(c->put("meta-ok", pattern(1, 10)).has_value());
@@ -760,12 +757,8 @@ TEST_CASE("Asynchronous batches complete through callbacks or polling and the co
 }
 
 TEST_CASE("Synchronous calls leave the completion fd quiet", "[integration][round_trip][async]") {
-    // Client wart (client.hpp finish_batch() / wait()): every batch without a callback, the ones
-    // behind put/get/del too, writes the completion eventfd; wait() removes the id from
-    // completed_ but leaves the eventfd counter set, so an event loop polling completion_fd()
-    // wakes for batches it never submitted and finds poll_completed() empty. Proposed fix: let
-    // run() submit with an internal flag that skips the eventfd write (or have wait() read the
-    // eventfd when completed_ becomes empty).
+    // Regression: batches behind put/get/del used to write the completion eventfd too, so an
+    // event loop polling completion_fd() woke for batches it never submitted.
     server_fixture fx;
     auto c = fx.client();
     (void)c->poll_completed();
@@ -778,16 +771,10 @@ TEST_CASE("Synchronous calls leave the completion fd quiet", "[integration][roun
 
 TEST_CASE("A batch of many small puts completes without stalling",
           "[integration][round_trip][stall]") {
-    // Server bug (detail/server_shard.hpp, run() and update_interest()): each put holds a 1 MiB
-    // bounce buffer until its write completes; once the pool (or the connection's in-flight cap)
-    // is exhausted the channel pauses. update_interest() resumes the paused channel, which issues
-    // store writes, but their completions are only drained by drain_store() after the next
-    // epoll_wait(), which sleeps for its full 1000 ms timeout because nothing else is readable
-    // (memory_store has no notify_fd). Connections marked dirty at the end of update_interest()
-    // ("paused for buffers may proceed") wait for the same timeout. 400 puts of 64 bytes take
-    // about 3 s instead of milliseconds. Proposed fix: call drain_store() after
-    // update_interest() and use a zero epoll timeout while dirty_ is non-empty or the store
-    // has polled completions pending.
+    // Regression: each put holds a 1 MiB bounce buffer until its write completes; once the pool
+    // ran out the channel paused, and the store I/O issued when update_interest() resumed it
+    // was drained only after the next epoll_wait(), which slept its full 1000 ms: 400 puts of
+    // 64 bytes took about 3 s.
     server_fixture fx;
     auto c = fx.client();
     const auto v = pattern(1, 64);
@@ -848,4 +835,62 @@ TEST_CASE("Batches and exists of many long keys are split to fit a frame body",
             CHECK((*e)[i] == (i == 7));
     }
     CHECK(fx.server->counters(0).protocol_errors.load() == 0);
+}
+
+TEST_CASE("A put answered before its value is sent never reads the caller's buffer afterwards",
+          "[integration][round_trip][if_absent][!mayfail]") {
+    // Client bug (client.hpp, on_frame() case opcode::put -> done(), and pump()): the server may
+    // answer a put before its value has arrived (exists for an if_absent hit, wrong_shard,
+    // no_space; docs/protocol.md §5 "The client still sends the rest of the value"). The client
+    // completes the operation at once, while data frames borrowing op.value still sit in the
+    // channel's send queue (frame_channel::send() borrows the payload until written); pump()
+    // then also stops sending the rest (the request left `inflight`), against the protocol,
+    // leaving a `dropping` entry on the server for ever (they count toward max_pending_puts).
+    // A caller that frees or reuses its buffer on completion has it read later: under ASan a
+    // heap-use-after-free in frame_channel::flush() (sendmsg), without ASan EFAULT from
+    // sendmsg for an unmapped buffer, which tears down every connection to the server.
+    // Proposed fix: on an early put reply keep the request's send state, keep sending the
+    // remaining chunks, and complete the operation only when its last chunk has been written
+    // (data frames carry a token; complete on its return from sent_tokens()).
+    // Here the buffer is made inaccessible (PROT_NONE) in the completion callback: any later
+    // read by the client makes sendmsg fail with EFAULT and the other put fail.
+    server_fixture fx;
+    auto c = fx.client();
+    const std::string existing = "early-existing";
+    const auto shard = memkv::test::shard_of(existing, 2);
+    REQUIRE(c->put(existing, pattern(1, 10)).has_value());
+    const auto others = memkv::test::keys_on_shard("early-other", shard, 2, 5);
+    const std::size_t big = 64 * MiB;
+    const auto v = pattern(2, big);
+
+    for (std::size_t round = 0; round < others.size(); ++round) {
+        INFO("round " << round);
+        void* mem =
+            ::mmap(nullptr, big, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        REQUIRE(mem != MAP_FAILED);
+        std::memcpy(mem, v.data(), big);
+        std::vector<operation> a(1), k(1);
+        a[0].kind = op_kind::put;
+        a[0].key = others[round];
+        a[0].value = v;
+        k[0].kind = op_kind::put;
+        k[0].key = existing;
+        k[0].value = std::span<const std::byte>(static_cast<const std::byte*>(mem), big);
+        k[0].options.if_absent = true;
+        memkv::test::completion_counter done;
+        REQUIRE(c->submit(a, [&](std::span<operation>) { done.signal(); }).has_value());
+        REQUIRE(c->submit(k, [&, mem](std::span<operation>) {
+                     // The operation is complete: the caller may now unmap or reuse the buffer.
+                     ::mprotect(mem, big, PROT_NONE);
+                     done.signal();
+                 }).has_value());
+        REQUIRE(done.wait_for(2, std::chrono::seconds(60)) == 2);
+        CHECK(k[0].status == errc::exists);
+        INFO("other put: " << (a[0].status ? a[0].status.message() : std::string("ok")));
+        CHECK(!a[0].status);
+        ::munmap(mem, big);
+    }
+    auto got = c->get(existing);
+    REQUIRE(got.has_value());
+    CHECK(mismatch(*got, pattern(1, 10)) == "");
 }

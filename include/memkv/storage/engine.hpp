@@ -552,8 +552,16 @@ private:
             std::vector<summary_entry> entries;
             if (decode_summary({sum.data(), t.summary_len}, r.generation, cfg_.seed, cfg_.max_value,
                                entries)) {
-                for (auto& e : entries)
+                for (auto& e : entries) {
+                    // A summary entry must describe a record inside the region's used part.
+                    const auto end = e.region_offset + meta_block + round_up(e.info.value_len);
+                    if (e.region_offset < meta_block || e.region_offset % meta_block ||
+                        end > t.summary_offset) {
+                        ++rs.corrupt_records;
+                        continue;
+                    }
                     adopt(id, e.region_offset, std::move(e.info));
+                }
                 r.used = t.summary_offset;
                 ++rs.regions_summarised;
                 return {};

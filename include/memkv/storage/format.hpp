@@ -304,9 +304,10 @@ inline bool decode_summary(std::span<const std::byte> in, std::uint64_t gen, std
     const std::byte* p = in.data();
     if (load_le32(p) != summary_magic || load_le64(p + 8) != gen) return false;
     const auto n = load_le64(p + 16);
-    if (n + 8 > in.size() || n < 24) return false;
+    if (n < 24 || n > in.size() - 8) return false;
     if (load_le64(p + n) != keyed_checksum({p, n}, seed)) return false;
     const auto count = load_le32(p + 4);
+    if (count > n / (12 + 72)) return false; // every entry takes at least 84 bytes
     std::size_t pos = 24;
     std::array<std::byte, meta_block> tmp;
     out.clear();
