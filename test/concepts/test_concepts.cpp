@@ -90,7 +90,8 @@ TEST_CASE("a transport whose stream cannot write, or a store, is not a transport
     STATIC_REQUIRE(!memkv::transport<int>);
 }
 
-TEST_CASE("transport_set parses each member's endpoints with that member", "[concepts][transport]") {
+TEST_CASE("transport_set parses each member's endpoints with that member",
+          "[concepts][transport]") {
     using set = memkv::stream_transports;
     auto tcp = set::parse("127.0.0.1:9900");
     REQUIRE(tcp);

@@ -435,8 +435,7 @@ struct single {
 // close_connection()'s status_for maps only errc::timed_out. Proposed fix: in expire(), mark the
 // server down with errc::unavailable unless the error is errc::protocol or unauthenticated (or
 // map every other connection error to unavailable in status_for).
-TEST_CASE("A GET in flight to a server that dies fails with errc::unavailable",
-          "[failover]") {
+TEST_CASE("A GET in flight to a server that dies fails with errc::unavailable", "[failover]") {
     single s(5000ms);
     REQUIRE(s.server.stop()); // the GET is written but gets no reply ...
     memkv::operation op;

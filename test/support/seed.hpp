@@ -19,6 +19,8 @@ inline std::uint64_t seed() {
 }
 
 /// A generator seeded from seed() and a per-test salt.
-inline std::mt19937_64 rng(std::uint64_t salt = 0) { return std::mt19937_64(seed() ^ salt); }
+inline std::mt19937_64 rng(std::uint64_t salt = 0) {
+    return std::mt19937_64(seed() ^ salt);
+}
 
 } // namespace memkv::test

@@ -31,8 +31,8 @@ struct server_fixture {
 
     static server_config make_config(std::uint32_t shards = 2) { return test::make_config(shards); }
 
-    explicit server_fixture(server_config cfg = test::make_config(), std::uint64_t capacity = 1ull << 30,
-                            bool with_unix = false) {
+    explicit server_fixture(server_config cfg = test::make_config(),
+                            std::uint64_t capacity = 1ull << 30, bool with_unix = false) {
         if (with_unix)
             cfg.listen.push_back("unix:/tmp/memkv-test-" + std::to_string(::getpid()) + "-" +
                                  std::to_string(counter()++) + ".sock");
@@ -71,7 +71,8 @@ inline std::vector<std::byte> pattern(std::uint64_t seed, std::size_t size) {
         const auto x = g();
         std::memcpy(v.data() + i, &x, 8);
     }
-    for (; i < size; ++i) v[i] = std::byte(g());
+    for (; i < size; ++i)
+        v[i] = std::byte(g());
     return v;
 }
 

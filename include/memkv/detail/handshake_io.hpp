@@ -23,7 +23,8 @@ using clock = std::chrono::steady_clock;
 /// Waits until `fd` is ready for `events` or the deadline passes (errc::timed_out).
 inline result<void> wait_fd(int fd, short events, clock::time_point deadline) noexcept {
     for (;;) {
-        const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - clock::now());
+        const auto left =
+            std::chrono::duration_cast<std::chrono::milliseconds>(deadline - clock::now());
         if (left.count() <= 0) return errc::timed_out;
         pollfd p{fd, events, 0};
         int r = ::poll(&p, 1, static_cast<int>(left.count()));
@@ -34,7 +35,8 @@ inline result<void> wait_fd(int fd, short events, clock::time_point deadline) no
 
 /// Writes all of `b` to a non-blocking stream before the deadline.
 template <class Stream>
-result<void> write_all(Stream& s, std::span<const std::byte> b, clock::time_point deadline) noexcept {
+result<void> write_all(Stream& s, std::span<const std::byte> b,
+                       clock::time_point deadline) noexcept {
     while (!b.empty()) {
         iovec v{const_cast<std::byte*>(b.data()), b.size()};
         auto n = s.writev_some({&v, 1});
@@ -93,8 +95,9 @@ result<session> client_handshake(Stream& s, const auth::key_entry* key, transpor
     if (!c) return errc::protocol;
     if (c->version == 0) return errc::version_mismatch;
     if (c->shard_count == 0) return errc::protocol;
-    std::span<const std::byte, 32> secret = key ? std::span<const std::byte, 32>(key->secret)
-                                                : std::span<const std::byte, 32>(auth::no_auth_secret);
+    std::span<const std::byte, 32> secret =
+        key ? std::span<const std::byte, 32>(key->secret)
+            : std::span<const std::byte, 32>(auth::no_auth_secret);
     const auto expect = auth::compute_server_proof(secret, hb, std::span(cb).first(48));
     if (!auth::equal_constant_time(expect, c->server_proof)) return errc::unauthenticated;
 
@@ -198,7 +201,8 @@ private:
         MEMKV_TRY(auth::random_bytes(c.server_nonce));
         server_nonce_ = c.server_nonce;
         auth::encode(c, std::span<std::byte, auth::challenge_size>(challenge_));
-        c.server_proof = auth::compute_server_proof(secret_, hello_, std::span(challenge_).first(48));
+        c.server_proof =
+            auth::compute_server_proof(secret_, hello_, std::span(challenge_).first(48));
         auth::encode(c, std::span<std::byte, auth::challenge_size>(challenge_));
         if (c.version == 0) {
             (void)write_all(stream_, challenge_, deadline_);
@@ -215,8 +219,8 @@ private:
     }
 
     result<std::optional<session>> on_proof() noexcept {
-        auto p = auth::decode_proof_message(
-            std::span<const std::byte, auth::proof_message_size>(buf_.data(), auth::proof_message_size));
+        auto p = auth::decode_proof_message(std::span<const std::byte, auth::proof_message_size>(
+            buf_.data(), auth::proof_message_size));
         if (!p) return fail(errc::protocol);
         const auto expect =
             auth::compute_client_proof(secret_, hello_, std::span(challenge_).first(80));
@@ -228,8 +232,11 @@ private:
         auto recv = auth::frame_mac::create(keys->client_to_server);
         if (!send || !recv) return fail(errc::internal);
         state_ = state::done;
-        return std::optional<session>(
-            session{std::move(*send), std::move(*recv), challenge_[4] == std::byte{0} ? std::uint8_t(0) : std::to_integer<std::uint8_t>(challenge_[4]), shards_});
+        return std::optional<session>(session{std::move(*send), std::move(*recv),
+                                              challenge_[4] == std::byte{0}
+                                                  ? std::uint8_t(0)
+                                                  : std::to_integer<std::uint8_t>(challenge_[4]),
+                                              shards_});
     }
 
     Stream stream_;

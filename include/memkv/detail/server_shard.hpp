@@ -628,7 +628,9 @@ private:
 
     /// A well-formed frame that breaks the protocol's rules: the channel stops (pause) and the
     /// connection is failed.
-    frame_action protocol_error(connection& c) { return malformed(c, make_error_code(errc::protocol)); }
+    frame_action protocol_error(connection& c) {
+        return malformed(c, make_error_code(errc::protocol));
+    }
 
     /// A body that fails to decode: errc::protocol, or errc::too_large for a length over a cap.
     frame_action malformed(connection& c, std::error_code ec) {

@@ -13,21 +13,21 @@ namespace memkv {
 /// Counters of one shard. Monotonic unless marked as a gauge.
 struct shard_counters {
     using counter = std::atomic<std::uint64_t>;
-    counter requests{0};             ///< requests started (batch sub-requests count one each)
+    counter requests{0}; ///< requests started (batch sub-requests count one each)
     counter puts{0}, gets{0}, dels{0}, batches{0};
     counter hits{0}, misses{0};
-    counter exists_keys{0};          ///< keys asked about by exists
-    counter put_if_absent_hits{0};   ///< if_absent puts answered "exists" without a write
+    counter exists_keys{0};        ///< keys asked about by exists
+    counter put_if_absent_hits{0}; ///< if_absent puts answered "exists" without a write
     counter wrong_shard{0};
-    counter bytes_in{0}, bytes_out{0};          ///< value bytes stored / returned
-    counter bytes_written{0}, bytes_read{0};    ///< bytes of store I/O
+    counter bytes_in{0}, bytes_out{0};       ///< value bytes stored / returned
+    counter bytes_written{0}, bytes_read{0}; ///< bytes of store I/O
     counter protocol_errors{0}, auth_failures{0}, checksum_errors{0};
     counter out_of_order_replies{0}; ///< replies sent while an older request was pending
     counter max_pipeline_depth{0};   ///< gauge: most requests pending on one connection
     counter connections{0};          ///< gauge
     counter entries{0}, tombstones{0}, used_bytes{0}, capacity_bytes{0}; ///< gauges (engine)
     counter evicted_regions{0}, evicted_entries{0}, discarded_bytes{0}, corrupt_records{0};
-    counter pool_in_use{0}, pool_high_water{0};            ///< gauges: bounce buffers
+    counter pool_in_use{0}, pool_high_water{0}; ///< gauges: bounce buffers
 
     /// Name/value pairs (names as in the stats reply), each prefixed with "shardN.".
     std::vector<std::pair<std::string, std::uint64_t>> snapshot(std::uint32_t shard) const {
