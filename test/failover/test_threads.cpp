@@ -40,7 +40,11 @@ public:
     template <class... A>
     void add(const char* fmt, A... a) {
         char line[512];
+#pragma GCC diagnostic push // fmt is always a literal at the call sites
+#pragma GCC diagnostic ignored "-Wformat-security"
+#pragma GCC diagnostic ignored "-Wformat-nonliteral"
         std::snprintf(line, sizeof line, fmt, a...);
+#pragma GCC diagnostic pop
         std::lock_guard lock(mutex_);
         if (lines_.size() < 50) lines_.emplace_back(line);
         ++count_;
