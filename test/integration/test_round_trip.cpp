@@ -838,23 +838,16 @@ TEST_CASE("Batches and exists of many long keys are split to fit a frame body",
 }
 
 TEST_CASE("A put answered before its value is sent never reads the caller's buffer afterwards",
-          "[integration][round_trip][if_absent][!mayfail]") {
-    // Client bug (client.hpp, on_frame() case opcode::put -> done(), and pump()): the server may
-    // answer a put before its value has arrived (exists for an if_absent hit, wrong_shard,
-    // no_space; docs/protocol.md §5 "The client still sends the rest of the value"). The client
-    // completes the operation at once, while data frames borrowing op.value still sit in the
-    // channel's send queue (frame_channel::send() borrows the payload until written); pump()
-    // then also stops sending the rest (the request left `inflight`), against the protocol,
-    // leaving a `dropping` entry on the server for ever (they count toward max_pending_puts).
-    // A caller that frees or reuses its buffer on completion has it read later: under ASan a
-    // heap-use-after-free in frame_channel::flush() (sendmsg), without ASan EFAULT from
-    // sendmsg for an unmapped buffer, which tears down every connection to the server.
-    // Proposed fix: on an early put reply keep the request's send state, keep sending the
-    // remaining chunks, and complete the operation only when its last chunk has been written
-    // (data frames carry a token; complete on its return from sent_tokens()).
-    // Here the buffer is made inaccessible (PROT_NONE) in the completion callback: any later
-    // read by the client makes sendmsg fail with EFAULT and the other put fail.
-    server_fixture fx;
+          "[integration][round_trip][if_absent]") {
+    // Regression: the server may answer a put before its value has arrived (exists for an
+    // if_absent hit, wrong_shard, no_space). The client used to complete the operation at once
+    // while data frames borrowing op.value still sat in its send queue, and stopped sending the
+    // rest (against docs/protocol.md §5): a caller that freed its buffer on completion had it
+    // read later (ASan: heap-use-after-free in frame_channel::flush(); without ASan, EFAULT
+    // from sendmsg tearing down every connection to the server). Here the buffer is made
+    // inaccessible (PROT_NONE) in the completion callback: any later read by the client makes
+    // sendmsg fail with EFAULT and the other put fail.
+    server_fixture fx(server_fixture::make_config(2), 4ull << 30); // no eviction: 6 x 64 MiB
     auto c = fx.client();
     const std::string existing = "early-existing";
     const auto shard = memkv::test::shard_of(existing, 2);
@@ -885,6 +878,8 @@ TEST_CASE("A put answered before its value is sent never reads the caller's buff
                      done.signal();
                  }).has_value());
         REQUIRE(done.wait_for(2, std::chrono::seconds(60)) == 2);
+        INFO("evicted regions " << fx.server->counters(shard).evicted_regions.load() << ", entries "
+                                << fx.server->counters(shard).entries.load());
         CHECK(k[0].status == errc::exists);
         INFO("other put: " << (a[0].status ? a[0].status.message() : std::string("ok")));
         CHECK(!a[0].status);
