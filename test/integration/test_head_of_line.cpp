@@ -128,7 +128,7 @@ TEST_CASE("Small GETs complete while a 64 MiB GET streams on the same connection
     std::vector<std::vector<std::byte>> small_dst(small_count, std::vector<std::byte>(4 * KiB));
 
     std::size_t early = 0;
-    for (int round = 0; round < 3; ++round) {
+    for (int round = 0; round < 6; ++round) {
         INFO("round " << round);
         const auto ooo_before = fx.server->counters(shard).out_of_order_replies.load();
         std::fill(big_dst.begin(), big_dst.end(), std::byte{0});
