@@ -5,12 +5,11 @@
 #pragma once
 
 #include <memkv/concepts.hpp>
+#include <memkv/detail/memory_io.hpp>
 
 #include <sys/mman.h>
 
-#include <cstring>
 #include <memory>
-#include <vector>
 
 namespace memkv::test {
 
@@ -28,7 +27,7 @@ struct shared_memory_device {
     }
 };
 
-class shared_memory_store {
+class shared_memory_store : public detail::memory_io<shared_memory_store> {
 public:
     static constexpr bool persistent = true;
     struct config {
@@ -47,48 +46,18 @@ public:
     std::uint32_t block_size() const noexcept { return block_; }
     std::uint64_t capacity() const noexcept { return dev_->size; }
     int notify_fd() const noexcept { return -1; }
+    std::byte* base() const noexcept { return dev_->data; }
 
-    result<void> read(std::uint64_t off, std::span<std::byte> b, std::uint64_t tag) noexcept {
-        MEMKV_TRY(check(off, b.size(), b.data()));
-        std::memcpy(b.data(), dev_->data + off, b.size());
-        done_.push_back({tag, static_cast<std::int64_t>(b.size())});
-        return {};
-    }
-    result<void> write(std::uint64_t off, std::span<const std::byte> b,
-                       std::uint64_t tag) noexcept {
-        MEMKV_TRY(check(off, b.size(), b.data()));
-        std::memcpy(dev_->data + off, b.data(), b.size());
-        done_.push_back({tag, static_cast<std::int64_t>(b.size())});
-        return {};
-    }
-    result<void> flush(std::uint64_t tag) noexcept {
-        done_.push_back({tag, 0});
-        return {};
-    }
     /// Discard leaves the bytes as they are (NVMe need not zero trimmed blocks).
     result<void> discard(std::uint64_t off, std::uint64_t len, std::uint64_t tag) noexcept {
         MEMKV_TRY(check(off, len, nullptr));
-        done_.push_back({tag, 0});
+        complete(tag, 0);
         return {};
-    }
-    std::size_t poll(std::span<io_completion> out) noexcept {
-        const std::size_t n = std::min(out.size(), done_.size());
-        std::copy_n(done_.begin(), n, out.begin());
-        done_.erase(done_.begin(), done_.begin() + static_cast<std::ptrdiff_t>(n));
-        return n;
     }
 
 private:
-    result<void> check(std::uint64_t off, std::uint64_t len, const void* buf) const noexcept {
-        if (off % block_ || len % block_ || reinterpret_cast<std::uintptr_t>(buf) % block_)
-            return errc::bad_alignment;
-        if (off > dev_->size || len > dev_->size - off) return errc::invalid_argument;
-        return {};
-    }
-
     std::shared_ptr<shared_memory_device> dev_;
     std::uint32_t block_ = 4096;
-    std::vector<io_completion> done_;
 };
 
 static_assert(store<shared_memory_store>);

@@ -3,12 +3,11 @@
 #pragma once
 
 #include <memkv/concepts.hpp>
+#include <memkv/detail/memory_io.hpp>
 
 #include <sys/mman.h>
 
-#include <cstring>
 #include <utility>
-#include <vector>
 
 namespace memkv {
 
@@ -16,7 +15,7 @@ namespace memkv {
 /// its completion is queued for the next poll(). Discard really releases the pages
 /// (MADV_DONTNEED) and so reads back zeros, which real NVMe does not promise: the engine must
 /// never rely on it.
-class memory_store {
+class memory_store : public detail::memory_io<memory_store> {
 public:
     /// Nothing survives the process: no superblock, a fresh store every start.
     static constexpr bool persistent = false;
@@ -42,14 +41,14 @@ public:
 
     memory_store() = default;
     memory_store(memory_store&& o) noexcept
-        : data_(std::exchange(o.data_, nullptr)), capacity_(o.capacity_),
-          block_size_(o.block_size_), done_(std::move(o.done_)) {}
+        : memory_io(std::move(o)), data_(std::exchange(o.data_, nullptr)), capacity_(o.capacity_),
+          block_size_(o.block_size_) {}
     memory_store& operator=(memory_store&& o) noexcept {
         memory_store tmp(std::move(o));
         std::swap(data_, tmp.data_);
         std::swap(capacity_, tmp.capacity_);
         std::swap(block_size_, tmp.block_size_);
-        std::swap(done_, tmp.done_);
+        std::swap(static_cast<memory_io&>(*this), static_cast<memory_io&>(tmp));
         return *this;
     }
     ~memory_store() {
@@ -66,50 +65,19 @@ public:
     std::uint32_t block_size() const noexcept { return block_size_; }
     std::uint64_t capacity() const noexcept { return capacity_; }
     int notify_fd() const noexcept { return -1; }
+    std::byte* base() const noexcept { return data_; }
 
-    result<void> read(std::uint64_t offset, std::span<std::byte> buf, std::uint64_t tag) noexcept {
-        MEMKV_TRY(check(offset, buf.size(), buf.data()));
-        std::memcpy(buf.data(), data_ + offset, buf.size());
-        done_.push_back({tag, static_cast<std::int64_t>(buf.size())});
-        return {};
-    }
-    result<void> write(std::uint64_t offset, std::span<const std::byte> buf,
-                       std::uint64_t tag) noexcept {
-        MEMKV_TRY(check(offset, buf.size(), buf.data()));
-        std::memcpy(data_ + offset, buf.data(), buf.size());
-        done_.push_back({tag, static_cast<std::int64_t>(buf.size())});
-        return {};
-    }
-    result<void> flush(std::uint64_t tag) noexcept {
-        done_.push_back({tag, 0});
-        return {};
-    }
     result<void> discard(std::uint64_t offset, std::uint64_t length, std::uint64_t tag) noexcept {
         MEMKV_TRY(check(offset, length, nullptr));
         ::madvise(data_ + offset, length, MADV_DONTNEED);
-        done_.push_back({tag, 0});
+        complete(tag, 0);
         return {};
-    }
-    std::size_t poll(std::span<io_completion> out) noexcept {
-        const std::size_t n = std::min(out.size(), done_.size());
-        std::copy_n(done_.begin(), n, out.begin());
-        done_.erase(done_.begin(), done_.begin() + static_cast<std::ptrdiff_t>(n));
-        return n;
     }
 
 private:
-    result<void> check(std::uint64_t offset, std::uint64_t length, const void* buf) const noexcept {
-        if (offset % block_size_ != 0 || length % block_size_ != 0 ||
-            reinterpret_cast<std::uintptr_t>(buf) % block_size_ != 0)
-            return errc::bad_alignment;
-        if (offset > capacity_ || length > capacity_ - offset) return errc::invalid_argument;
-        return {};
-    }
-
     std::byte* data_ = nullptr;
     std::uint64_t capacity_ = 0;
     std::uint32_t block_size_ = 4096;
-    std::vector<io_completion> done_; // completions not yet polled
 };
 
 static_assert(store<memory_store>);
