@@ -54,6 +54,7 @@ constexpr std::uint64_t no_time_limit_ms = 3600 * 1000; // --bytes without --dur
 /// What the command line asks for.
 struct options {
     std::vector<std::string> servers;
+    std::string servers_file;
     std::uint32_t shards = 2;
     std::uint64_t capacity = 4 * gib;
     std::vector<std::uint64_t> sizes{4u << 10, 64u << 10, 256u << 10,
@@ -371,14 +372,58 @@ std::string json_escape(const std::string& s) {
     return out;
 }
 
+/// What one server reported about itself in its stats (the shards' store_kind,
+/// store_direct_io and buffers_hugepages gauges). A field is empty when no shard reported it
+/// (an older server), "mixed" when its shards disagree.
+struct server_info {
+    std::uint32_t shards = 0;
+    std::set<std::uint64_t> kinds, direct, hugepages; ///< distinct values over the shards
+
+    static std::string kind_name(std::uint64_t k) {
+        switch (k) {
+        case 1:
+            return "memory";
+        case 2:
+            return "file";
+        case 3:
+            return "block";
+        default:
+            return "other";
+        }
+    }
+    std::string store() const {
+        if (kinds.empty()) return "unknown";
+        return kinds.size() == 1 ? kind_name(*kinds.begin()) : "mixed";
+    }
+    /// true/false when every shard agrees, else empty.
+    static std::optional<bool> flag(const std::set<std::uint64_t>& v) {
+        if (v.size() != 1) return std::nullopt;
+        return *v.begin() != 0;
+    }
+    static std::string yes_no(const std::set<std::uint64_t>& v) {
+        if (v.empty()) return "unknown";
+        return v.size() == 1 ? (*v.begin() ? "yes" : "no") : "mixed";
+    }
+    std::string describe() const {
+        return fmt::format("{} store, O_DIRECT {}, bounce buffers on hugepages {}", store(),
+                           yes_no(direct), yes_no(hugepages));
+    }
+};
+
 /// What the run was measured against.
 struct setup_info {
     std::vector<std::string> servers;
     bool embedded = false;
     std::uint32_t shards = 0;      ///< total over servers
     std::uint32_t connections = 0; ///< TCP connections of the client
-    std::optional<bool> hugepages; ///< embedded server only
+    std::optional<bool> hugepages; ///< every server's bounce buffers on hugepages (else mixed/?)
+    std::optional<bool> direct_io; ///< every server's store uses O_DIRECT (else mixed/unknown)
+    std::vector<server_info> info; ///< per server, in the order of `servers`
 };
+
+std::string json_flag(const std::optional<bool>& b) {
+    return b ? (*b ? "true" : "false") : "null";
+}
 
 bool write_json(const std::string& path, const options& o, const setup_info& si,
                 const std::vector<cell>& cells, std::uint64_t evicted) {
@@ -390,8 +435,19 @@ bool write_json(const std::string& path, const options& o, const setup_info& si,
     j += "],\n";
     j += fmt::format("  \"embedded_server\": {},\n", si.embedded);
     j += fmt::format("  \"shards\": {},\n  \"connections\": {},\n", si.shards, si.connections);
-    j += fmt::format("  \"hugepages\": {},\n",
-                     si.hugepages ? (*si.hugepages ? "true" : "false") : "null");
+    j += fmt::format("  \"hugepages\": {},\n  \"direct_io\": {},\n", json_flag(si.hugepages),
+                     json_flag(si.direct_io));
+    j += "  \"server_info\": [";
+    for (std::size_t i = 0; i < si.info.size(); ++i) {
+        const auto& s = si.info[i];
+        j += fmt::format("{}\n    {{\"server\": \"{}\", \"shards\": {}, \"store\": \"{}\", "
+                         "\"direct_io\": {}, \"hugepages\": {}}}",
+                         i ? "," : "",
+                         json_escape(i < si.servers.size() ? si.servers[i] : std::string()),
+                         s.shards, s.store(), json_flag(server_info::flag(s.direct)),
+                         json_flag(server_info::flag(s.hugepages)));
+    }
+    j += si.info.empty() ? "],\n" : "\n  ],\n";
     j += fmt::format("  \"threads\": {},\n  \"inflight_per_thread\": {},\n", o.threads, o.inflight);
     j += fmt::format("  \"verify\": {},\n  \"nproc\": {},\n", o.verify,
                      std::thread::hardware_concurrency());
@@ -415,9 +471,11 @@ bool write_json(const std::string& path, const options& o, const setup_info& si,
     return std::fclose(f) == 0 && ok;
 }
 
-/// Shards per server (from the stats reply's "serverI.shardN." names) and evicted entries.
+/// Shards per server (from the stats reply's "serverI.shardN." names) and evicted entries;
+/// with `info`, also what each server says about its store and buffers (indexed like the
+/// client's server list).
 std::pair<std::map<std::size_t, std::set<std::uint32_t>>, std::uint64_t>
-server_shape(memkv::default_client& c) {
+server_shape(memkv::default_client& c, std::vector<server_info>* info = nullptr) {
     std::map<std::size_t, std::set<std::uint32_t>> shards;
     std::uint64_t evicted = 0;
     auto st = c.stats();
@@ -427,9 +485,20 @@ server_shape(memkv::default_client& c) {
         char rest[64] = {};
         if (std::sscanf(e.name.c_str(), "server%lu.shard%lu.%63s", &srv, &shard, rest) == 3) {
             shards[srv].insert(static_cast<std::uint32_t>(shard));
-            if (std::string_view(rest) == "evicted_entries") evicted += e.value;
+            const std::string_view name(rest);
+            if (name == "evicted_entries") evicted += e.value;
+            if (info && srv < 4096) {
+                if (info->size() <= srv) info->resize(srv + 1);
+                auto& si = (*info)[srv];
+                if (name == "store_kind") si.kinds.insert(e.value);
+                if (name == "store_direct_io") si.direct.insert(e.value);
+                if (name == "buffers_hugepages") si.hugepages.insert(e.value);
+            }
         }
     }
+    if (info)
+        for (const auto& [srv, set] : shards)
+            if (srv < info->size()) (*info)[srv].shards = static_cast<std::uint32_t>(set.size());
     return {shards, evicted};
 }
 
@@ -464,16 +533,21 @@ std::string fmt_us(double us) {
 }
 
 int run(options o) {
-    if (o.servers.empty()) {
-        if (const char* env = std::getenv("MEMKV_SERVERS"); env && *env) {
-            std::string_view s(env);
-            while (!s.empty()) {
-                const auto comma = s.find(',');
-                if (auto part = s.substr(0, comma); !part.empty()) o.servers.emplace_back(part);
-                if (comma == std::string_view::npos) break;
-                s.remove_prefix(comma + 1);
-            }
+    if (!o.servers_file.empty()) {
+        if (!o.servers.empty()) {
+            fmt::print(stderr,
+                       "{}: error: give --servers (MEMKV_SERVERS) or --servers-file "
+                       "(MEMKV_SERVERS_FILE), not both\n",
+                       program);
+            return exit_usage;
         }
+        std::string why;
+        auto file = memkv::client_config::from_file(o.servers_file, &why);
+        if (!file) {
+            fmt::print(stderr, "{}: error: --servers-file {}\n", program, why);
+            return exit_usage;
+        }
+        o.servers = std::move(file->servers);
     }
 
     setup_info si;
@@ -509,7 +583,7 @@ int run(options o) {
         si.embedded = true;
         si.hugepages = embedded->hugepages();
         fmt::print(stderr,
-                   "{}: no --servers and no MEMKV_SERVERS: started an embedded memkv server on {} "
+                   "{}: no --servers or --servers-file: started an embedded memkv server on {} "
                    "({} shards, {:.0f} GiB DRAM store, MAP_NORESERVE; bounce buffers {}) in this "
                    "process, sharing its CPUs with the client\n",
                    program, o.servers.front(), o.shards, double(o.capacity) / gib,
@@ -532,7 +606,27 @@ int run(options o) {
         return exit_errors;
     }
     auto& client = **created;
-    auto [shape, evicted_before] = server_shape(client);
+    si.info.resize(o.servers.size());
+    auto [shape, evicted_before] = server_shape(client, &si.info);
+    {
+        // Every server (and every shard) agreeing, else unknown; the embedded server's own
+        // answer about hugepages stands.
+        std::set<std::uint64_t> direct, huge;
+        bool complete = true;
+        for (const auto& s : si.info) {
+            direct.insert(s.direct.begin(), s.direct.end());
+            huge.insert(s.hugepages.begin(), s.hugepages.end());
+            complete = complete && !s.direct.empty() && !s.hugepages.empty();
+        }
+        if (complete) {
+            si.direct_io = server_info::flag(direct);
+            if (!si.embedded) si.hugepages = server_info::flag(huge);
+        }
+    }
+    for (std::size_t i = 0; i < si.info.size(); ++i)
+        fmt::print(stderr, "{}: server {}: {}\n", program,
+                   i < o.servers.size() ? o.servers[i] : fmt::format("#{}", i),
+                   si.info[i].describe());
     for (const auto& [srv, set] : shape) {
         si.shards += static_cast<std::uint32_t>(set.size());
         (void)srv;
@@ -650,13 +744,21 @@ int run(options o) {
             if (c.op == op && c.size == size) return &c;
         return nullptr;
     };
+    auto yes_no = [](const std::optional<bool>& b) {
+        return b ? (*b ? "yes" : "no") : "unknown or mixed";
+    };
     fmt::print("\n{} {}: {} server(s) [{}]{}, {} shards, {} TCP connections; {} client threads x "
-               "{} in flight; server bounce buffers hugepage-backed: {}; {} CPUs{}\n\n",
+               "{} in flight; server store O_DIRECT: {}; server bounce buffers hugepage-backed: "
+               "{}; {} CPUs{}\n",
                program, MEMKV_VERSION, o.servers.size(), fmt::join(o.servers, ","),
                si.embedded ? " (embedded in this process)" : "", si.shards, si.connections,
-               o.threads, o.inflight,
-               si.hugepages ? (*si.hugepages ? "yes" : "no") : "unknown (external server)",
+               o.threads, o.inflight, yes_no(si.direct_io), yes_no(si.hugepages),
                std::thread::hardware_concurrency(), o.verify ? "; reads verified" : "");
+    for (std::size_t i = 0; i < si.info.size(); ++i)
+        fmt::print("  server {}: {} shards, {}\n",
+                   i < o.servers.size() ? o.servers[i] : fmt::format("#{}", i), si.info[i].shards,
+                   si.info[i].describe());
+    fmt::print("\n");
     fmt::print("| block | TCP write GiB/s | TCP read GiB/s |\n|---|---|---|\n");
     for (const auto size : o.sizes) {
         auto col = [&](const char* op) {
@@ -702,7 +804,8 @@ int main(int argc, char** argv) {
                  "GiB/s per block size and operation, latency percentiles and ops/s.",
                  program};
     app.set_version_flag("--version", std::string(program) + " " + MEMKV_VERSION);
-    app.footer("Without --servers or MEMKV_SERVERS, an embedded server (memory store) is started "
+    app.footer("Without --servers (MEMKV_SERVERS) or --servers-file (MEMKV_SERVERS_FILE), an "
+               "embedded server (memory store) is started "
                "in this process on 127.0.0.1 with a free port. Authentication: MEMKV_AUTH_KEY "
                "(or MEMKV_AUTH_KEY_FILE), used by the client and by the embedded server.\n"
                "Exit status: 0 all operations succeeded; 1 an operation failed, missed or read "
@@ -717,6 +820,11 @@ int main(int argc, char** argv) {
         ->envname("MEMKV_SERVERS")
         ->delimiter(',')
         ->type_name("LIST");
+    app.add_option("--servers-file", o.servers_file,
+                   "File listing the servers, one HOST:PORT per line, '#' comments (default: "
+                   "MEMKV_SERVERS_FILE)")
+        ->envname("MEMKV_SERVERS_FILE")
+        ->type_name("FILE");
     app.add_option("--shards", o.shards, "Embedded server: shards (one thread each)")
         ->type_name("N")
         ->capture_default_str()

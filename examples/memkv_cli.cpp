@@ -39,7 +39,8 @@ enum exit_status : int {
 constexpr const char* program = "memkv-cli";
 
 constexpr const char* footer =
-    R"(Servers: --servers or MEMKV_SERVERS, comma-separated HOST:PORT, [V6]:PORT or unix:/PATH.
+    R"(Servers: --servers or MEMKV_SERVERS, comma-separated HOST:PORT, [V6]:PORT or unix:/PATH;
+or --servers-file or MEMKV_SERVERS_FILE, a file with one endpoint per line ('#' comments).
 Auth: --auth-key-file PATH (its first key), else MEMKV_AUTH_KEY ("HEX64", "ID:HEX64" or
 "ID:TENANT:HEX64") or the file named by MEMKV_AUTH_KEY_FILE; no key = no authentication.
 Sizes accept the suffixes K, M, G (powers of 1024).
@@ -52,6 +53,7 @@ Exit status:
 
 struct global_options {
     std::vector<std::string> servers;
+    std::string servers_file;
     std::string prefix;
     std::uint32_t timeout_ms = 10000;
     std::string auth_key_file;
@@ -398,8 +400,25 @@ int do_ping(memkv::default_client& c) {
 std::unique_ptr<memkv::default_client> connect(const global_options& g, int& rc) {
     memkv::client_config cfg;
     cfg.servers = g.servers;
+    if (!g.servers_file.empty()) {
+        if (!cfg.servers.empty()) {
+            error(
+                "give --servers (MEMKV_SERVERS) or --servers-file (MEMKV_SERVERS_FILE), not both");
+            rc = exit_usage;
+            return nullptr;
+        }
+        std::string why;
+        auto file = memkv::client_config::from_file(g.servers_file, &why);
+        if (!file) {
+            error("--servers-file {}", why);
+            rc = exit_usage;
+            return nullptr;
+        }
+        cfg.servers = std::move(file->servers);
+    }
     if (cfg.servers.empty()) {
-        error("no server given: use --servers HOST:PORT[,...] or set MEMKV_SERVERS");
+        error("no server given: use --servers HOST:PORT[,...] or --servers-file FILE (or set "
+              "MEMKV_SERVERS or MEMKV_SERVERS_FILE)");
         rc = exit_usage;
         return nullptr;
     }
@@ -438,7 +457,7 @@ std::unique_ptr<memkv::default_client> connect(const global_options& g, int& rc)
     auto c = memkv::default_client::create(cfg);
     if (!c) {
         std::string list;
-        for (const auto& s : g.servers)
+        for (const auto& s : cfg.servers)
             list += (list.empty() ? "" : ",") + s;
         error("cannot connect to {}: {}", list, explain(c.error()));
         rc = c.error() == memkv::errc::invalid_argument ? exit_usage : exit_server;
@@ -472,6 +491,10 @@ int main(int argc, char** argv) {
         ->allow_extra_args(false)
         ->type_name("HOST:PORT[,...]")
         ->check(endpoint);
+    app.add_option("--servers-file", g.servers_file,
+                   "File listing the servers, one HOST:PORT per line ('#' comments)")
+        ->envname("MEMKV_SERVERS_FILE")
+        ->type_name("FILE");
     app.add_option("--prefix", g.prefix, "Namespace prefix prepended to every key")
         ->type_name("STR");
     app.add_option("--timeout", g.timeout_ms, "Request timeout in milliseconds")

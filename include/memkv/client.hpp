@@ -18,62 +18,38 @@
 #include <atomic>
 #include <condition_variable>
 #include <deque>
+#include <functional>
 #include <map>
-#include <set>
 #include <memory>
 #include <mutex>
 #include <random>
+#include <set>
 #include <thread>
 #include <unordered_map>
+#include <utility>
 
 namespace memkv {
 
-/// A batch in flight: its operations complete together.
-class batch_state;
+namespace detail {
 
-/// A client of a set of memkv servers. Keys are placed by the function in docs/protocol.md
-/// (rendezvous over servers, then a shard); the client keeps one connection per (server, shard).
-///
-/// Thread-safe: any number of threads may call it at once. One progress thread does all network
-/// I/O. Completions are reported by callback (on the progress thread), by polling
-/// (`poll_completed()`), or by the eventfd `completion_fd()` (readable while completed batches
-/// wait to be polled). After fork() the child must create its own client: every call on the
-/// parent's fails with errc::forked.
-///
-/// Buffers: values given to put and fragments given to get are borrowed until the operation
-/// completes. A completed (or failed, or timed-out) operation never touches them again: a
-/// connection is closed before a timeout is reported, so a late reply cannot land in them.
+/// The implementation of memkv::client (documented there). It knows nothing of fork():
+/// client checks the process before every call and never destroys a core inherited by a child.
 template <transport Transport>
-class client {
+class client_core {
     using stream_type = typename Transport::stream;
 
 public:
-    /// Completion callback of an asynchronous batch; runs on the progress thread.
     using callback = std::function<void(std::span<operation>)>;
 
-    static result<std::unique_ptr<client>> create(client_config cfg) {
-        if (cfg.servers.empty()) {
-            if (const char* env = std::getenv("MEMKV_SERVERS")) cfg.servers = split(env);
-        }
-        if (cfg.servers.empty()) return errc::invalid_argument;
-        if (!cfg.key) {
-            auto ring = auth::key_ring::from_environment();
-            if (!ring) return ring.error();
-            if (!ring->empty()) cfg.key = ring->entries().front();
-        }
-        std::unique_ptr<client> c(new client(std::move(cfg)));
+    static result<std::unique_ptr<client_core>> create(client_config cfg) {
+        std::unique_ptr<client_core> c(new client_core(std::move(cfg)));
         MEMKV_TRY(c->init());
         return c;
     }
 
-    client(const client&) = delete;
-    client& operator=(const client&) = delete;
-    ~client() {
-        if (::getpid() != pid_) {      // a forked child must not join the parent's thread
-            (void)progress_.release(); // the threads do not exist here: leak their handles
-            (void)connector_.release();
-            return;
-        }
+    client_core(const client_core&) = delete;
+    client_core& operator=(const client_core&) = delete;
+    ~client_core() {
         {
             std::lock_guard lock(mutex_);
             stopping_ = true;
@@ -88,16 +64,12 @@ public:
         if (connector_ && connector_->joinable()) connector_->join();
     }
 
-    // ---- asynchronous batch API -------------------------------------------------------------
+    // The calls of client<Transport>, documented there.
 
-    /// Submits a batch. `ops` must stay alive (and its buffers valid) until completion, which is
-    /// reported through `cb` if given, else through poll_completed() / completion_fd(). Waits
-    /// while more than max_inflight operations are in flight.
     result<std::uint64_t> submit(std::span<operation> ops, callback cb = {}) {
-        return submit_batch(ops, std::move(cb), false);
+        return submit_batch(make_batch(ops, std::move(cb), false));
     }
 
-    /// Ids of batches completed since the last call (those submitted without a callback).
     std::vector<std::uint64_t> poll_completed() {
         std::lock_guard lock(mutex_);
         std::uint64_t v;
@@ -105,121 +77,28 @@ public:
         return std::exchange(completed_, {});
     }
 
-    /// Readable while completed batches wait for poll_completed().
     int completion_fd() const noexcept { return done_fd_.get(); }
 
-    /// Blocks until batch `id` has completed (it is then also removed from poll_completed()).
     void wait(std::uint64_t id) {
         std::unique_lock lock(mutex_);
-        done_cv_.wait(lock, [&] { return finished_.contains(id); });
-        finished_.erase(id);
+        done_cv_.wait(lock, [&] { return !pending_.contains(id); });
         std::erase(completed_, id);
+    }
+
+    std::size_t tracked_batches() const {
+        std::lock_guard lock(mutex_);
+        return pending_.size() + completed_.size();
     }
 
     /// Submits and waits. Does not signal completion_fd() (it is for submit()'s batches).
     result<void> run(std::span<operation> ops) {
-        auto id = submit_batch(ops, {}, true);
+        auto id = submit_batch(make_batch(ops, {}, true));
         if (!id) return id.error();
         wait(*id);
         return {};
     }
 
-    // ---- synchronous convenience ------------------------------------------------------------
-
-    /// Stores `value` under `key`. An if_absent put of an existing key succeeds without writing.
-    result<void> put(std::string_view key, std::span<const std::byte> value,
-                     const put_options& opt = {}) {
-        operation op;
-        op.kind = op_kind::put;
-        op.key = key;
-        op.value = value;
-        op.options = opt;
-        MEMKV_TRY(run({&op, 1}));
-        if (op.status == make_error_code(errc::exists) && opt.if_absent) return {};
-        return op.status ? result<void>(op.status) : result<void>();
-    }
-
-    /// The value under `key`; errc::not_found on a miss. `meta` receives its metadata.
-    result<std::vector<std::byte>> get(std::string_view key,
-                                       std::vector<std::byte>* meta = nullptr) {
-        operation op;
-        op.kind = op_kind::get;
-        op.key = key;
-        MEMKV_TRY(run({&op, 1}));
-        if (op.status) return op.status;
-        if (meta) *meta = std::move(op.meta_out);
-        return std::move(op.data);
-    }
-
-    /// Reads `length` bytes (0 = to the end) from `offset` of the value straight into the
-    /// fragments, in order (zero-copy scatter). Returns the bytes written.
-    result<std::uint64_t> get_into(std::string_view key,
-                                   std::vector<std::span<std::byte>> fragments,
-                                   std::uint64_t offset = 0, std::uint64_t length = 0) {
-        operation op;
-        op.kind = op_kind::get;
-        op.key = key;
-        op.fragments = std::move(fragments);
-        op.offset = offset;
-        op.length = length;
-        MEMKV_TRY(run({&op, 1}));
-        if (op.status) return op.status;
-        return op.size;
-    }
-
-    /// A byte range of the value, copied into a new vector.
-    result<std::vector<std::byte>> get_range(std::string_view key, std::uint64_t offset,
-                                             std::uint64_t length) {
-        operation op;
-        op.kind = op_kind::get;
-        op.key = key;
-        op.offset = offset;
-        op.length = length;
-        MEMKV_TRY(run({&op, 1}));
-        if (op.status) return op.status;
-        return std::move(op.data);
-    }
-
-    /// Whether each key is present (one round trip per involved shard).
-    result<std::vector<bool>> exists(std::span<const std::string> keys) {
-        std::vector<operation> ops(keys.size());
-        for (std::size_t i = 0; i < keys.size(); ++i) {
-            ops[i].kind = op_kind::exists;
-            ops[i].key = keys[i];
-        }
-        MEMKV_TRY(run(ops));
-        std::vector<bool> out(keys.size());
-        for (std::size_t i = 0; i < keys.size(); ++i) {
-            if (ops[i].status) return ops[i].status;
-            out[i] = ops[i].exists;
-        }
-        return out;
-    }
-
-    /// Deletes `key`; errc::not_found if it was absent.
-    result<void> del(std::string_view key) {
-        operation op;
-        op.kind = op_kind::del;
-        op.key = key;
-        MEMKV_TRY(run({&op, 1}));
-        return op.status ? result<void>(op.status) : result<void>();
-    }
-
-    /// The number of leading keys that are all present (for prefix-cache lookups): one exists
-    /// round trip per involved shard.
-    result<std::size_t> match_prefix(std::span<const std::string> keys) {
-        auto e = exists(keys);
-        if (!e) return e.error();
-        std::size_t n = 0;
-        while (n < e->size() && (*e)[n])
-            ++n;
-        return n;
-    }
-
-    /// Server counters, gathered from every shard of every server, names prefixed by
-    /// "serverI." (I = index in the server list).
     result<std::vector<server_stats_entry>> stats() {
-        if (::getpid() != pid_) return errc::forked;
         auto req = std::make_shared<stats_request>();
         {
             std::lock_guard lock(mutex_);
@@ -232,7 +111,6 @@ public:
         return std::move(req->entries);
     }
 
-    /// What this client saw of each server: counts, reconnects and reply latency percentiles.
     std::vector<client_server_stats> server_stats() const {
         std::vector<client_server_stats> out;
         std::lock_guard lock(stats_mutex_);
@@ -249,32 +127,18 @@ public:
         return out;
     }
 
-    /// Sends a ping on every connection and waits for the answers.
-    result<void> ping() {
-        auto s = stats();
-        if (!s) return s.error();
-        return {};
-    }
-
-    /// Registers caller memory for zero-copy transfers and returns a handle. Over TCP and Unix
-    /// sockets every buffer is already zero-copy (GET payloads are read from the socket straight
-    /// into the caller's fragments), so this only validates and records the range; transports
-    /// with out-of-band payloads (shm, RDMA) register it with the server or the device.
     result<std::uint64_t> register_buffer(std::span<std::byte> memory) {
-        if (::getpid() != pid_) return errc::forked;
         if (memory.empty()) return errc::invalid_argument;
         std::lock_guard lock(mutex_);
         registered_.emplace(++next_registration_, memory);
         return next_registration_;
     }
 
-    /// Forgets a registration. The memory must not be in use by an operation in flight.
     result<void> unregister_buffer(std::uint64_t handle) {
         std::lock_guard lock(mutex_);
         return registered_.erase(handle) ? result<void>() : result<void>(errc::invalid_argument);
     }
 
-    /// The index of the server owning `key` and its shard there (after key_prefix).
     std::pair<std::size_t, std::uint32_t> locate(std::string_view key) const {
         const auto full = cfg_.key_prefix + std::string(key);
         const auto h = key_hash(std::string_view(full));
@@ -284,26 +148,16 @@ public:
 
     std::size_t server_count() const noexcept { return servers_.size(); }
 
-    /// Sends one raw request frame to (server, shard) and waits for the reply status. For tests
-    /// of server-side checks (wrong_shard): the key is sent as given, without the prefix.
     result<std::uint32_t> raw_get_status(std::size_t server, std::uint32_t shard,
                                          std::string_view key) {
         operation op;
         op.kind = op_kind::get;
         op.key = key;
-        auto b = std::make_shared<batch>();
-        b->ops = {&op, 1};
-        b->remaining = 1;
+        auto b = make_batch({&op, 1}, {}, true);
         b->raw_target = {server, shard};
-        b->internal = true;
-        {
-            std::lock_guard lock(mutex_);
-            b->id = ++next_batch_;
-            ++inflight_;
-            submitted_.push_back(b);
-        }
-        wake();
-        wait(b->id);
+        auto id = submit_batch(std::move(b));
+        if (!id) return id.error();
+        wait(*id);
         return op.status ? static_cast<std::uint32_t>(op.status.value()) : 0u;
     }
 
@@ -317,25 +171,33 @@ private:
         bool internal = false; // a synchronous call's: not reported by poll_completed()
     };
 
-    result<std::uint64_t> submit_batch(std::span<operation> ops, callback cb, bool internal) {
-        if (::getpid() != pid_) return errc::forked;
+    static std::shared_ptr<batch> make_batch(std::span<operation> ops, callback cb, bool internal) {
         auto b = std::make_shared<batch>();
         b->ops = ops;
         b->cb = std::move(cb);
         b->internal = internal;
         b->remaining = ops.size();
+        return b;
+    }
+
+    /// Queues a batch for the progress thread, waiting while the in-flight cap is reached
+    /// (never on the progress thread, whose callbacks may submit). Returns its id.
+    result<std::uint64_t> submit_batch(std::shared_ptr<batch> b) {
+        const auto n = b->ops.size();
         std::unique_lock lock(mutex_);
-        b->id = ++next_batch_;
         if (std::this_thread::get_id() != progress_id_)
             inflight_cv_.wait(lock, [&] {
-                return stopping_ || inflight_ + ops.size() <= cfg_.max_inflight || inflight_ == 0;
+                return stopping_ || inflight_ + n <= cfg_.max_inflight || inflight_ == 0;
             });
         if (stopping_) return errc::closed;
-        inflight_ += ops.size();
-        submitted_.push_back(b);
+        b->id = ++next_batch_;
+        inflight_ += n;
+        pending_.insert(b->id);
+        submitted_.push_back(std::move(b));
+        const auto id = next_batch_;
         lock.unlock();
         wake();
-        return b->id;
+        return id;
     }
 
     struct stats_request {
@@ -398,7 +260,7 @@ private:
     };
 
     struct connection {
-        client* owner = nullptr;
+        client_core* owner = nullptr;
         std::size_t server = 0;
         std::uint32_t shard = 0;
         std::unique_ptr<detail::frame_channel<stream_type>> ch;
@@ -418,22 +280,9 @@ private:
         }
     };
 
-    explicit client(client_config cfg) : cfg_(std::move(cfg)), placement_(cfg_.servers) {}
-
-    static std::vector<std::string> split(std::string_view s) {
-        std::vector<std::string> out;
-        while (!s.empty()) {
-            auto c = s.find(',');
-            auto part = s.substr(0, c);
-            if (!part.empty()) out.emplace_back(part);
-            if (c == std::string_view::npos) break;
-            s.remove_prefix(c + 1);
-        }
-        return out;
-    }
+    explicit client_core(client_config cfg) : cfg_(std::move(cfg)), placement_(cfg_.servers) {}
 
     result<void> init() {
-        pid_ = ::getpid();
         epoll_.reset(::epoll_create1(EPOLL_CLOEXEC));
         wake_fd_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
         done_fd_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
@@ -683,9 +532,20 @@ private:
         }
     }
 
-    /// Queues payload chunks of pending puts (round robin, a few chunks ahead) and writes.
+    /// Queues payload chunks of pending puts (round robin, a few chunks ahead) and writes until
+    /// every value is sent or the socket is full (then EPOLLOUT resumes it).
     void pump(connection& c) {
-        if (!c.ch) return;
+        while (c.ch) {
+            queue_chunks(c);
+            if (auto w = c.ch->flush(); !w) return fail_server(c.server, w.error());
+            for (auto id : std::exchange(c.ch->sent_tokens(), {}))
+                on_sent(c, id);
+            if (!c.ch || c.put_queue.empty() || c.ch->want_write()) break;
+        }
+        update_interest(c);
+    }
+
+    void queue_chunks(connection& c) {
         while (!c.put_queue.empty() && c.ch->queued_bytes() < 2 * cfg_.chunk_size) {
             const auto id = c.put_queue.front();
             c.put_queue.pop_front();
@@ -704,10 +564,6 @@ private:
             r.sent += n;
             if (r.sent < v.size()) c.put_queue.push_back(id);
         }
-        if (auto w = c.ch->flush(); !w) return fail_server(c.server, w.error());
-        for (auto id : std::exchange(c.ch->sent_tokens(), {}))
-            on_sent(c, id);
-        update_interest(c);
     }
 
     /// A data frame of put `id` was written: the caller's value is no longer borrowed by it.
@@ -811,11 +667,34 @@ private:
         return std::as_bytes(std::span(s.data(), s.size()));
     }
 
+    std::size_t wire_key_size(const std::shared_ptr<batch>& b, const operation& op) const {
+        return (b->raw_target ? 0 : cfg_.key_prefix.size()) + op.key.size();
+    }
+
+    /// How many of ops[first..] go into one frame: at most `max_count`, and at most
+    /// limits.max_body body bytes, `size(op)` being an operation's encoded size (at least one
+    /// operation, which alone always fits: keys and metadata are capped far below max_body).
+    template <class Size>
+    std::size_t frame_span(const std::vector<operation*>& ops, std::size_t first,
+                           std::size_t max_count, Size size) const {
+        std::size_t n = 0, body = 0;
+        for (; first + n < ops.size() && n < max_count; ++n) {
+            body += size(*ops[first + n]);
+            if (n > 0 && body > cfg_.limits.max_body) break;
+        }
+        return n;
+    }
+
+    /// Sends the puts, gets and deletes of one batch on one connection as batch frames.
     void send_batch(connection& c, const std::shared_ptr<batch>& b, std::vector<operation*>& ops) {
         const auto now = detail::clock::now();
         const auto deadline = now + cfg_.request_timeout;
-        for (std::size_t first = 0; first < ops.size(); first += cfg_.limits.max_batch) {
-            const std::size_t n = std::min<std::size_t>(cfg_.limits.max_batch, ops.size() - first);
+        auto size = [&](const operation& op) {
+            return protocol::batch_descriptor_size + wire_key_size(b, op) +
+                   (op.kind == op_kind::put ? op.options.meta.size() : 0);
+        };
+        for (std::size_t first = 0, n = 0; first < ops.size(); first += n) {
+            n = frame_span(ops, first, cfg_.limits.max_batch, size);
             std::vector<protocol::sub_request> subs;
             subs.reserve(n);
             const auto batch_id = c.next_id++;
@@ -866,19 +745,21 @@ private:
         pump(c);
     }
 
-    /// Keys per exists frame: the reply (bitmap, sizes, up to 256 bytes of metadata per key)
-    /// must fit one body.
+    /// Most keys per exists frame: the reply (bitmap, sizes, up to 256 bytes of metadata per
+    /// key) must fit one body.
     std::size_t exists_chunk() const noexcept {
         const std::size_t per_key = 8 + 2 + cfg_.limits.max_meta + 1;
         return std::max<std::size_t>(
             1, std::min<std::size_t>(cfg_.limits.max_batch, cfg_.limits.max_body / per_key));
     }
 
+    /// Sends the exists operations of one batch on one connection: frames whose request and
+    /// reply bodies both fit max_body.
     void send_exists(connection& c, const std::shared_ptr<batch>& b, std::vector<operation*>& ops) {
         const auto deadline = detail::clock::now() + cfg_.request_timeout;
-        const std::size_t chunk = exists_chunk();
-        for (std::size_t first = 0; first < ops.size(); first += chunk) {
-            const std::size_t n = std::min<std::size_t>(chunk, ops.size() - first);
+        auto size = [&](const operation& op) { return 2 + wire_key_size(b, op); };
+        for (std::size_t first = 0, n = 0; first < ops.size(); first += n) {
+            n = frame_span(ops, first, exists_chunk(), size);
             std::vector<std::string> keys;
             keys.reserve(n);
             request r;
@@ -1116,11 +997,11 @@ private:
             inflight_cv_.notify_all();
         }
         // The callback may submit more work (it runs on the progress thread, which submit()
-        // never blocks).
-        if (b->cb) return b->cb(b->ops);
+        // never blocks). Its batch is no longer pending (for wait()) once it returned.
+        if (b->cb) b->cb(b->ops);
         std::lock_guard lock(mutex_);
-        finished_.insert(b->id);
-        if (!b->internal) {
+        pending_.erase(b->id);
+        if (!b->cb && !b->internal) {
             completed_.push_back(b->id);
             std::uint64_t one = 1;
             [[maybe_unused]] auto r = ::write(done_fd_.get(), &one, sizeof(one));
@@ -1202,20 +1083,19 @@ private:
     client_config cfg_;
     placement placement_;
     std::vector<std::unique_ptr<server_state>> servers_;
-    pid_t pid_ = 0;
-    detail::unique_fd epoll_, wake_fd_, done_fd_;
+    unique_fd epoll_, wake_fd_, done_fd_;
     std::unique_ptr<std::thread> progress_;
     std::thread::id progress_id_;
 
-    std::mutex mutex_; // guards everything below
+    mutable std::mutex mutex_; // guards everything below
     std::condition_variable inflight_cv_, done_cv_;
     bool stopping_ = false;
     std::deque<std::shared_ptr<batch>> submitted_;
     std::deque<std::shared_ptr<stats_request>> stats_requests_;
     std::uint64_t next_batch_ = 0;
     std::size_t inflight_ = 0;
-    std::vector<std::uint64_t> completed_;
-    std::set<std::uint64_t> finished_;
+    std::vector<std::uint64_t> completed_; // completed, for poll_completed()
+    std::set<std::uint64_t> pending_;      // ids of batches submitted and not yet completed
     std::map<std::uint64_t, std::span<std::byte>> registered_;
     std::uint64_t next_registration_ = 0;
 
@@ -1237,6 +1117,253 @@ private:
     bool connector_stop_ = false;
 
     mutable std::mutex stats_mutex_; // guards server_state::stats and ::latency
+};
+
+} // namespace detail
+
+/// A client of a set of memkv servers. Keys are placed by the function in docs/protocol.md
+/// (rendezvous over servers, then a shard); the client keeps one connection per (server, shard).
+///
+/// Thread-safe: any number of threads may call it at once. One progress thread does all network
+/// I/O. Completions are reported by callback (on the progress thread), by polling
+/// (`poll_completed()`), or by the eventfd `completion_fd()` (readable while completed batches
+/// wait to be polled).
+///
+/// Buffers: values given to put and fragments given to get are borrowed until the operation
+/// completes. A completed (or failed, or timed-out) operation never touches them again: a
+/// connection is closed before a timeout is reported, so a late reply cannot land in them.
+///
+/// fork(): the child must create its own client. On the parent's, every call that returns a
+/// result fails with errc::forked and touches nothing; poll_completed() and server_stats() are
+/// empty, wait() returns at once, completion_fd() is -1, tracked_batches() is 0 (locate() and
+/// server_count() still answer). Destroying it in the child leaks its state on purpose: the
+/// parent's threads do not exist there and may have held its mutexes or waited on its
+/// condition variables at the time of fork(), so they can be neither joined nor destroyed. The
+/// inherited descriptors are close-on-exec; the child holds them until it execs or exits.
+template <transport Transport>
+class client {
+    using core = detail::client_core<Transport>;
+
+public:
+    /// Completion callback of an asynchronous batch; runs on the progress thread.
+    using callback = typename core::callback;
+
+    /// Connects to `cfg.servers`; if empty, to those of MEMKV_SERVERS or MEMKV_SERVERS_FILE
+    /// (client_config::servers_from_environment()). Without `cfg.key`, the first key of
+    /// MEMKV_AUTH_KEY / MEMKV_AUTH_KEY_FILE is used, if any.
+    static result<std::unique_ptr<client>> create(client_config cfg) {
+        if (cfg.servers.empty()) {
+            auto env = client_config::servers_from_environment();
+            if (!env) return env.error();
+            cfg.servers = std::move(*env);
+        }
+        if (cfg.servers.empty()) return errc::invalid_argument;
+        if (!cfg.key) {
+            auto ring = auth::key_ring::from_environment();
+            if (!ring) return ring.error();
+            if (!ring->empty()) cfg.key = ring->entries().front();
+        }
+        auto c = core::create(std::move(cfg));
+        if (!c) return c.error();
+        return std::unique_ptr<client>(new client(std::move(*c)));
+    }
+
+    client(const client&) = delete;
+    client& operator=(const client&) = delete;
+    ~client() {
+        if (forked()) (void)core_.release(); // leaked on purpose: see the class comment
+    }
+
+    // ---- asynchronous batch API -------------------------------------------------------------
+
+    /// Submits a batch. `ops` must stay alive (and its buffers valid) until completion, which is
+    /// reported through `cb` if given, else through poll_completed() / completion_fd(). Waits
+    /// while more than max_inflight operations are in flight.
+    result<std::uint64_t> submit(std::span<operation> ops, callback cb = {}) {
+        return guarded([&](core& c) { return c.submit(ops, std::move(cb)); });
+    }
+
+    /// Ids of batches completed since the last call (those submitted without a callback). A
+    /// batch reported here is forgotten: wait() on it returns at once.
+    std::vector<std::uint64_t> poll_completed() {
+        return forked() ? std::vector<std::uint64_t>{} : core_->poll_completed();
+    }
+
+    /// Readable while completed batches wait for poll_completed().
+    int completion_fd() const noexcept { return forked() ? -1 : core_->completion_fd(); }
+
+    /// Blocks until batch `id` has completed (a callback batch: its callback returned); then it
+    /// is no longer reported by poll_completed(). Returns at once for an id already completed
+    /// and polled or waited for.
+    void wait(std::uint64_t id) {
+        if (!forked()) core_->wait(id);
+    }
+
+    /// Batch ids the client holds: in flight, or completed and not yet polled or waited for.
+    /// Bounded by max_inflight plus what the caller leaves unpolled (for tests and monitoring).
+    std::size_t tracked_batches() const { return forked() ? 0 : core_->tracked_batches(); }
+
+    /// Submits and waits. Does not signal completion_fd() (it is for submit()'s batches).
+    result<void> run(std::span<operation> ops) {
+        return guarded([&](core& c) { return c.run(ops); });
+    }
+
+    // ---- synchronous convenience ------------------------------------------------------------
+
+    /// Stores `value` under `key`. An if_absent put of an existing key succeeds without writing.
+    result<void> put(std::string_view key, std::span<const std::byte> value,
+                     const put_options& opt = {}) {
+        operation op;
+        op.kind = op_kind::put;
+        op.key = key;
+        op.value = value;
+        op.options = opt;
+        MEMKV_TRY(run({&op, 1}));
+        if (op.status == make_error_code(errc::exists) && opt.if_absent) return {};
+        return op.status ? result<void>(op.status) : result<void>();
+    }
+
+    /// The value under `key`; errc::not_found on a miss. `meta` receives its metadata.
+    result<std::vector<std::byte>> get(std::string_view key,
+                                       std::vector<std::byte>* meta = nullptr) {
+        operation op;
+        op.kind = op_kind::get;
+        op.key = key;
+        MEMKV_TRY(run({&op, 1}));
+        if (op.status) return op.status;
+        if (meta) *meta = std::move(op.meta_out);
+        return std::move(op.data);
+    }
+
+    /// Reads `length` bytes (0 = to the end) from `offset` of the value straight into the
+    /// fragments, in order (zero-copy scatter). Returns the bytes written.
+    result<std::uint64_t> get_into(std::string_view key,
+                                   std::vector<std::span<std::byte>> fragments,
+                                   std::uint64_t offset = 0, std::uint64_t length = 0) {
+        operation op;
+        op.kind = op_kind::get;
+        op.key = key;
+        op.fragments = std::move(fragments);
+        op.offset = offset;
+        op.length = length;
+        MEMKV_TRY(run({&op, 1}));
+        if (op.status) return op.status;
+        return op.size;
+    }
+
+    /// A byte range of the value, copied into a new vector.
+    result<std::vector<std::byte>> get_range(std::string_view key, std::uint64_t offset,
+                                             std::uint64_t length) {
+        operation op;
+        op.kind = op_kind::get;
+        op.key = key;
+        op.offset = offset;
+        op.length = length;
+        MEMKV_TRY(run({&op, 1}));
+        if (op.status) return op.status;
+        return std::move(op.data);
+    }
+
+    /// Whether each key is present (one round trip per involved shard, more only when the keys
+    /// of a shard exceed one frame).
+    result<std::vector<bool>> exists(std::span<const std::string> keys) {
+        std::vector<operation> ops(keys.size());
+        for (std::size_t i = 0; i < keys.size(); ++i) {
+            ops[i].kind = op_kind::exists;
+            ops[i].key = keys[i];
+        }
+        MEMKV_TRY(run(ops));
+        std::vector<bool> out(keys.size());
+        for (std::size_t i = 0; i < keys.size(); ++i) {
+            if (ops[i].status) return ops[i].status;
+            out[i] = ops[i].exists;
+        }
+        return out;
+    }
+
+    /// Deletes `key`; errc::not_found if it was absent.
+    result<void> del(std::string_view key) {
+        operation op;
+        op.kind = op_kind::del;
+        op.key = key;
+        MEMKV_TRY(run({&op, 1}));
+        return op.status ? result<void>(op.status) : result<void>();
+    }
+
+    /// The number of leading keys that are all present (for prefix-cache lookups): one exists
+    /// round trip per involved shard.
+    result<std::size_t> match_prefix(std::span<const std::string> keys) {
+        auto e = exists(keys);
+        if (!e) return e.error();
+        std::size_t n = 0;
+        while (n < e->size() && (*e)[n])
+            ++n;
+        return n;
+    }
+
+    // ---- statistics and administration ------------------------------------------------------
+
+    /// Server counters, gathered from every shard of every server, names prefixed by
+    /// "serverI." (I = index in the server list).
+    result<std::vector<server_stats_entry>> stats() {
+        return guarded([](core& c) { return c.stats(); });
+    }
+
+    /// What this client saw of each server: counts, reconnects and reply latency percentiles.
+    std::vector<client_server_stats> server_stats() const {
+        return forked() ? std::vector<client_server_stats>{} : core_->server_stats();
+    }
+
+    /// Sends a ping on every connection and waits for the answers.
+    result<void> ping() {
+        auto s = stats();
+        if (!s) return s.error();
+        return {};
+    }
+
+    /// Registers caller memory for zero-copy transfers and returns a handle. Over TCP and Unix
+    /// sockets every buffer is already zero-copy (GET payloads are read from the socket straight
+    /// into the caller's fragments), so this only validates and records the range; transports
+    /// with out-of-band payloads (shm, RDMA) register it with the server or the device.
+    result<std::uint64_t> register_buffer(std::span<std::byte> memory) {
+        return guarded([&](core& c) { return c.register_buffer(memory); });
+    }
+
+    /// Forgets a registration. The memory must not be in use by an operation in flight.
+    result<void> unregister_buffer(std::uint64_t handle) {
+        return guarded([&](core& c) { return c.unregister_buffer(handle); });
+    }
+
+    /// The index of the server owning `key` and its shard there (after key_prefix).
+    std::pair<std::size_t, std::uint32_t> locate(std::string_view key) const {
+        return core_->locate(key);
+    }
+
+    std::size_t server_count() const noexcept { return core_->server_count(); }
+
+    /// Sends one raw request frame to (server, shard) and waits for the reply status. For tests
+    /// of server-side checks (wrong_shard): the key is sent as given, without the prefix.
+    result<std::uint32_t> raw_get_status(std::size_t server, std::uint32_t shard,
+                                         std::string_view key) {
+        return guarded([&](core& c) { return c.raw_get_status(server, shard, key); });
+    }
+
+private:
+    explicit client(std::unique_ptr<core> c) : core_(std::move(c)) {}
+
+    /// Whether this is a child forked after the client was created.
+    bool forked() const noexcept { return ::getpid() != pid_; }
+
+    /// `f(core)`, or errc::forked in a forked child (the only check every result-returning
+    /// call goes through).
+    template <class F>
+    auto guarded(F&& f) -> decltype(f(std::declval<core&>())) {
+        if (forked()) return errc::forked;
+        return std::forward<F>(f)(*core_);
+    }
+
+    pid_t pid_ = ::getpid();
+    std::unique_ptr<core> core_;
 };
 
 } // namespace memkv

@@ -2,38 +2,16 @@
 // The value types of memkv::client's API: operations, their options and their results.
 #pragma once
 
-#include <memkv/auth/key_ring.hpp>
-#include <memkv/protocol/limits.hpp>
+#include <memkv/client_config.hpp>
 #include <memkv/result.hpp>
 
-#include <chrono>
 #include <cstdint>
 #include <functional>
-#include <optional>
 #include <span>
 #include <string>
 #include <vector>
 
 namespace memkv {
-
-/// Client configuration. Empty `servers` reads MEMKV_SERVERS (comma-separated); no `key` reads
-/// MEMKV_AUTH_KEY / MEMKV_AUTH_KEY_FILE (the first entry is used).
-struct client_config {
-    std::vector<std::string> servers;
-    std::optional<auth::key_entry> key;
-    /// Prepended to every key (e.g. a model and layout fingerprint), so that two models sharing
-    /// a cluster never read each other's blocks. Part of the namespaced key that is hashed.
-    std::string key_prefix;
-    std::chrono::milliseconds connect_timeout{2000};
-    std::chrono::milliseconds request_timeout{10000};
-    protocol::limits limits{};
-    /// Verify the CRC32C of every payload frame received (GET). On by default.
-    bool verify_checksums = true;
-    /// Requests in flight per client; submission waits beyond it.
-    std::size_t max_inflight = 8192;
-    /// Payload bytes per frame this client sends.
-    std::uint32_t chunk_size = protocol::default_chunk;
-};
 
 /// Options of a put.
 struct put_options {

@@ -18,6 +18,7 @@
 #include <cstring>
 #include <future>
 #include <string>
+#include <thread>
 #include <vector>
 
 using namespace memkv;
@@ -796,14 +797,12 @@ TEST_CASE("A batch of many small puts completes without stalling",
 }
 
 TEST_CASE("Batches and exists of many long keys are split to fit a frame body",
-          "[integration][round_trip][batch][!mayfail]") {
-    // Client bug (client.hpp, send_batch() and send_exists()): a batch frame is cut only at
-    // limits.max_batch sub-requests and an exists frame at exists_chunk() keys, which bounds
-    // the reply (sizes + metadata) but not the request; 1500 keys of 1 KB each make a body of
-    // about 1.5 MB, over limits.max_body (1 MiB). The server refuses the frame as too_large and
-    // closes the connection: every get fails with errc::protocol, exists with unavailable.
-    // Proposed fix: also cut a frame when its encoded body would exceed max_body (descriptor,
-    // key and metadata sizes are known before encoding).
+          "[integration][round_trip][batch]") {
+    // Regression: a batch frame was cut only at limits.max_batch sub-requests and an exists
+    // frame at exists_chunk() keys, which bounds the reply (sizes + metadata) but not the
+    // request; 1500 keys of 1 KB each made a body of about 1.5 MB, over limits.max_body (1 MiB).
+    // The server refused the frame as too_large and closed the connection: every get failed
+    // with errc::protocol, exists with unavailable. Frames are now also cut by body size.
     server_fixture fx(server_fixture::make_config(1)); // every key on one connection
     auto c = fx.client();
     std::vector<std::string> keys;
@@ -834,7 +833,73 @@ TEST_CASE("Batches and exists of many long keys are split to fit a frame body",
         for (std::size_t i = 0; i < keys.size(); ++i)
             CHECK((*e)[i] == (i == 7));
     }
+    SECTION("a batch of puts with metadata, then match_prefix") {
+        const std::vector<std::byte> meta(200, std::byte{0x4d});
+        std::vector<operation> ops(1200);
+        for (std::size_t i = 0; i < ops.size(); ++i) {
+            ops[i].kind = op_kind::put;
+            ops[i].key = keys[i];
+            ops[i].value = v;
+            ops[i].options.meta = meta;
+        }
+        REQUIRE(c->run(ops).has_value());
+        std::size_t failed = 0;
+        for (const auto& op : ops)
+            failed += op.status ? 1 : 0;
+        INFO("first status: " << ops[0].status.message());
+        CHECK(failed == 0);
+        auto m = c->match_prefix(keys);
+        INFO("error: " << (m ? std::string("none") : m.error().message()));
+        REQUIRE(m.has_value());
+        CHECK(*m == ops.size());
+    }
     CHECK(fx.server->counters(0).protocol_errors.load() == 0);
+}
+
+TEST_CASE("Batches completed through polling, waiting or a callback leave no trace in the client",
+          "[integration][round_trip][async]") {
+    // Regression: the client kept the id of every completed batch in a set that only wait()
+    // emptied, so a caller that polled (or used completion_fd()) grew it by one id per batch.
+    server_fixture fx;
+    auto c = fx.client();
+    REQUIRE(c->put("tracked", pattern(1, 10)).has_value());
+    constexpr std::size_t total = 100000, window = 1000;
+    std::vector<operation> ops(window);
+    for (auto& op : ops) {
+        op.kind = op_kind::exists;
+        op.key = "tracked";
+    }
+    std::size_t most = 0, seen = 0;
+    for (std::size_t round = 0; round < total / window; ++round) {
+        for (auto& op : ops) // one batch per operation
+            REQUIRE(c->submit({&op, 1}).has_value());
+        for (std::size_t got = 0; got < window;) {
+            pollfd p{c->completion_fd(), POLLIN, 0};
+            REQUIRE(::poll(&p, 1, 10000) == 1);
+            got += c->poll_completed().size();
+        }
+        seen += window;
+        most = std::max(most, c->tracked_batches());
+    }
+    CHECK(seen == total);
+    CHECK(most == 0);
+    CHECK(c->tracked_batches() == 0);
+    for (const auto& op : ops)
+        CHECK((!op.status && op.exists));
+
+    // wait() on a polled batch returns at once; on a callback batch, once its callback ran.
+    auto id = c->submit({ops.data(), 1});
+    REQUIRE(id.has_value());
+    while (c->poll_completed().empty())
+        std::this_thread::yield();
+    CHECK(c->tracked_batches() == 0);
+    c->wait(*id);
+    std::atomic<bool> called{false};
+    id = c->submit({ops.data(), 1}, [&](std::span<operation>) { called = true; });
+    REQUIRE(id.has_value());
+    c->wait(*id);
+    CHECK(called.load());
+    CHECK(c->tracked_batches() == 0);
 }
 
 TEST_CASE("A put answered before its value is sent never reads the caller's buffer afterwards",

@@ -5,10 +5,18 @@
 #include <atomic>
 #include <cstdint>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
 namespace memkv {
+
+class memory_store;
+class file_store;
+class block_store;
+
+/// Values of the store_kind gauge (stats name "shardN.store_kind").
+enum class store_kind_code : std::uint64_t { other = 0, memory = 1, file = 2, block = 3 };
 
 /// Counters of one shard. Monotonic unless marked as a gauge.
 struct shard_counters {
@@ -28,6 +36,25 @@ struct shard_counters {
     counter entries{0}, tombstones{0}, used_bytes{0}, capacity_bytes{0}; ///< gauges (engine)
     counter evicted_regions{0}, evicted_entries{0}, discarded_bytes{0}, corrupt_records{0};
     counter pool_in_use{0}, pool_high_water{0}; ///< gauges: bounce buffers
+    counter store_kind{0};        ///< gauge: a store_kind_code (0 other, 1 memory, 2 file, 3 block)
+    counter store_direct_io{0};   ///< gauge: 1 when the store does its I/O with O_DIRECT
+    counter buffers_hugepages{0}; ///< gauge: 1 when the bounce buffers are on hugepages
+
+    /// Sets the store_kind, store_direct_io and buffers_hugepages gauges from the shard's store
+    /// and buffer pool (stores without direct() are not O_DIRECT: memory stores).
+    template <class Store>
+    void describe_store(const Store& s, bool hugepages) noexcept {
+        using S = std::remove_cvref_t<Store>;
+        const store_kind_code k = std::is_same_v<S, memory_store>  ? store_kind_code::memory
+                                  : std::is_same_v<S, file_store>  ? store_kind_code::file
+                                  : std::is_same_v<S, block_store> ? store_kind_code::block
+                                                                   : store_kind_code::other;
+        bool direct = false;
+        if constexpr (requires { s.direct(); }) direct = s.direct();
+        store_kind.store(static_cast<std::uint64_t>(k), std::memory_order_relaxed);
+        store_direct_io.store(direct ? 1 : 0, std::memory_order_relaxed);
+        buffers_hugepages.store(hugepages ? 1 : 0, std::memory_order_relaxed);
+    }
 
     /// Name/value pairs (names as in the stats reply), each prefixed with "shardN.".
     std::vector<std::pair<std::string, std::uint64_t>> snapshot(std::uint32_t shard) const {
@@ -64,6 +91,9 @@ struct shard_counters {
             {p + "corrupt_records", v(corrupt_records)},
             {p + "pool_in_use", v(pool_in_use)},
             {p + "pool_high_water", v(pool_high_water)},
+            {p + "store_kind", v(store_kind)},
+            {p + "store_direct_io", v(store_direct_io)},
+            {p + "buffers_hugepages", v(buffers_hugepages)},
         };
     }
 };
