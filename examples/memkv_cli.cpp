@@ -1,5 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // memkv-cli: stores, loads, checks and deletes values on memkv servers from the command line.
+#include "size_option.hpp"
+
 #include <memkv/memkv.hpp>
 
 #include <CLI/CLI.hpp>
@@ -25,6 +27,9 @@
 #ifndef MEMKV_VERSION
 #define MEMKV_VERSION "unknown"
 #endif
+
+using memkv::examples::human_size;
+using memkv::examples::size_value;
 
 namespace {
 
@@ -75,34 +80,6 @@ struct get_args {
 template <class... A>
 void error(fmt::format_string<A...> f, A&&... a) {
     fmt::print(stderr, "{}: error: {}\n", program, fmt::format(f, std::forward<A>(a)...));
-}
-
-/// A CLI11 transform for sizes: a non-negative integer with an optional K, M, G, T suffix
-/// (powers of 1024; KiB, MiB, GiB and TiB also work).
-CLI::Validator size_value() {
-    return CLI::Validator(
-        [inner = CLI::AsSizeValue(false)](std::string& s) -> std::string {
-            const auto first = s.find_first_not_of(" \t");
-            if (first != std::string::npos && s[first] == '-') return "must not be negative";
-            return inner(s);
-        },
-        "", "SIZE");
-}
-
-/// "1 GiB", "128 MiB", "100 B": exact when a binary unit divides `n`, else like "64.0 MiB".
-std::string human_size(std::uint64_t n) {
-    constexpr const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
-    std::size_t u = 0;
-    std::uint64_t whole = n;
-    while (u + 1 < std::size(units) && whole >= 1024 && whole % 1024 == 0) {
-        whole /= 1024;
-        ++u;
-    }
-    if (whole < 1024 || u + 1 == std::size(units)) return fmt::format("{} {}", whole, units[u]);
-    double v = static_cast<double>(n);
-    for (u = 0; u + 1 < std::size(units) && v >= 1024; ++u)
-        v /= 1024;
-    return fmt::format("{:.1f} {}", v, units[u]);
 }
 
 /// The exit status for a failed operation.

@@ -2,6 +2,8 @@
 // memkv-server: runs a memkv server (TCP and Unix sockets, DRAM store) configured by flags,
 // MEMKV_* environment variables and a config file; SIGTERM/SIGINT stop it cleanly, SIGHUP
 // re-reads the key sources.
+#include "size_option.hpp"
+
 #include <memkv/memkv.hpp>
 #include <memkv/storage/format.hpp>
 
@@ -37,6 +39,9 @@
 #define MEMKV_VERSION "unknown"
 #endif
 
+using memkv::examples::human_size;
+using memkv::examples::size_value;
+
 namespace {
 
 /// Exit statuses (listed in --help).
@@ -57,34 +62,6 @@ void log(const char* level, fmt::format_string<A...> f, A&&... a) {
     const auto line = fmt::format("{:%Y-%m-%dT%H:%M:%S}Z {} {}\n", now, level,
                                   fmt::format(f, std::forward<A>(a)...));
     std::fputs(line.c_str(), stderr);
-}
-
-/// A CLI11 transform for sizes: a non-negative integer with an optional K, M, G, T suffix
-/// (powers of 1024; KiB, MiB, GiB and TiB also work).
-CLI::Validator size_value() {
-    return CLI::Validator(
-        [inner = CLI::AsSizeValue(false)](std::string& s) -> std::string {
-            const auto first = s.find_first_not_of(" \t");
-            if (first != std::string::npos && s[first] == '-') return "must not be negative";
-            return inner(s);
-        },
-        "", "SIZE");
-}
-
-/// "1 GiB", "128 MiB", "100 B": exact when a binary unit divides `n`, else like "64.0 MiB".
-std::string human_size(std::uint64_t n) {
-    constexpr const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
-    std::size_t u = 0;
-    std::uint64_t whole = n;
-    while (u + 1 < std::size(units) && whole >= 1024 && whole % 1024 == 0) {
-        whole /= 1024;
-        ++u;
-    }
-    if (whole < 1024 || u + 1 == std::size(units)) return fmt::format("{} {}", whole, units[u]);
-    double v = static_cast<double>(n);
-    for (u = 0; u + 1 < std::size(units) && v >= 1024; ++u)
-        v /= 1024;
-    return fmt::format("{:.1f} {}", v, units[u]);
 }
 
 std::string trim(std::string_view s) {

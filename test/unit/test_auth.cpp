@@ -2,6 +2,7 @@
 // Tests of the key ring, the frame MAC and the handshake's pure functions, including known-answer
 // vectors computed independently (Python hmac/hashlib, HKDF written out per RFC 5869).
 #include "support/catch.hpp"
+#include "support/temp_env.hpp"
 #include "support/seed.hpp"
 
 #include <memkv/auth/frame_mac.hpp>
@@ -22,6 +23,9 @@
 #include <vector>
 
 using namespace memkv::auth;
+
+using memkv::test::env_guard;
+using memkv::test::temp_file;
 
 namespace {
 
@@ -59,50 +63,6 @@ std::array<std::byte, N> random_array(std::mt19937_64& rng) {
         b = static_cast<std::byte>(rng());
     return out;
 }
-
-/// Sets or unsets an environment variable for the scope, restoring the old value afterwards.
-class env_guard {
-public:
-    env_guard(const char* name, const char* value) : name_(name) {
-        if (const char* old = std::getenv(name)) old_ = old;
-        if (value)
-            ::setenv(name, value, 1);
-        else
-            ::unsetenv(name);
-    }
-    ~env_guard() {
-        if (old_)
-            ::setenv(name_, old_->c_str(), 1);
-        else
-            ::unsetenv(name_);
-    }
-    env_guard(const env_guard&) = delete;
-    env_guard& operator=(const env_guard&) = delete;
-
-private:
-    const char* name_;
-    std::optional<std::string> old_;
-};
-
-/// A temporary file holding `text`, removed at scope exit.
-class temp_file {
-public:
-    explicit temp_file(std::string_view text) {
-        const char* dir = std::getenv("TMPDIR");
-        path_ = std::string(dir && *dir ? dir : "/tmp") + "/memkv-test-keys-XXXXXX";
-        const int fd = ::mkstemp(path_.data());
-        REQUIRE(fd >= 0);
-        REQUIRE(::write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size()));
-        ::close(fd);
-    }
-    ~temp_file() { ::unlink(path_.c_str()); }
-    temp_file(const temp_file&) = delete;
-    temp_file& operator=(const temp_file&) = delete;
-    const std::string& path() const { return path_; }
-
-private:
-    std::string path_;
-};
 
 hello sample_hello() {
     hello h;
