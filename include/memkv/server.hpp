@@ -15,6 +15,7 @@
 #include <list>
 #include <mutex>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -62,9 +63,13 @@ public:
         // Geometry: from the superblock for persistent stores, from the configuration otherwise.
         storage::superblock sb;
         std::uint64_t window = 0, base = 0;
+        // The whole-store instance stays open until every shard has opened its own, so that
+        // the store is never unowned (file_store's lock, block_store's O_EXCL) in between.
+        std::optional<Store> whole;
         if constexpr (persistent) {
-            auto whole = Store::create(scfg);
-            if (!whole) return whole.error();
+            auto created = Store::create(scfg);
+            if (!created) return created.error();
+            whole.emplace(std::move(*created));
             auto r = open_superblock(*whole, c, sb);
             if (!r) return r.error();
             window =

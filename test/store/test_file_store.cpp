@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // file_store and detail::uring: round trips with many operations in flight, alignment and range
-// checks, flush, hole punching, O_DIRECT, shard windows, thread hand-off. Files live in
-// $MEMKV_TEST_DIR, default /var/tmp (a real filesystem, not tmpfs).
+// checks, flush, hole punching, O_DIRECT, shard windows, window locks, thread hand-off. Files
+// live in $MEMKV_TEST_DIR, default /var/tmp (a real filesystem, not tmpfs).
 #include "support/catch.hpp"
 #include "support/seed.hpp"
 
@@ -12,8 +12,10 @@
 #include <fcntl.h>
 #include <linux/magic.h>
 #include <poll.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -410,6 +412,142 @@ TEST_CASE("file_store shard windows are disjoint and instances in them do not cl
     // capacity 0: slices of the existing file after offset.
     const auto c0 = file_store::shard_config({.path = base.path, .offset = 1 * MiB}, 3, 4);
     REQUIRE(c0.capacity == 16 * MiB + 3 * 4096);
+}
+
+TEST_CASE("file_store locks its window, so that another open of it waits and fails; others work",
+          "[store][uring][file_store][lock]") {
+    temp_dir dir;
+    const auto path = dir.file("data");
+    const file_store::config whole{.path = path, .capacity = 32 * MiB};
+    const auto w0 = file_store::shard_config(whole, 0, 2);
+    const auto w1 = file_store::shard_config(whole, 1, 2);
+    const auto busy = std::error_code(EBUSY, std::system_category());
+    auto alone = [](file_store::config c, std::uint32_t wait_ms) {
+        c.share_in_process = false;
+        c.busy_wait_ms = wait_ms;
+        return c;
+    };
+    auto elapsed_ms = [](auto t0) {
+        return std::chrono::duration_cast<std::chrono::milliseconds>(
+                   std::chrono::steady_clock::now() - t0)
+            .count();
+    };
+    {
+        auto a = open_store(alone(w0, 0));
+        // The same window, a window overlapping it, or the whole file, from another open of the
+        // file (another process would be the same): refused after waiting for the lock.
+        auto t0 = std::chrono::steady_clock::now();
+        auto b = file_store::create(alone(w0, 300));
+        REQUIRE_FALSE(b);
+        REQUIRE(b.error() == busy);
+        CHECK(elapsed_ms(t0) >= 300);
+        REQUIRE(file_store::create(alone(whole, 0)).error() == busy);
+        REQUIRE(
+            file_store::create(alone({.path = path, .offset = 8 * MiB, .capacity = 16 * MiB}, 0))
+                .error() == busy);
+        auto shared = w0;
+        shared.busy_wait_ms = 0;
+        REQUIRE(file_store::create(shared).error() == busy);
+        // The other window is free.
+        auto c = open_store(alone(w1, 0));
+    }
+    {
+        // Instances that share this process's open of the file never conflict, whatever their
+        // windows (every shard of a server opens the whole file); other opens do.
+        auto s0 = open_store(w0);
+        auto s1 = open_store(w1);
+        auto all = open_store(whole);
+        REQUIRE(file_store::create(alone(w1, 0)).error() == busy);
+        auto pool = make_pool(1 * MiB, 1);
+        std::byte* buf = pool.acquire();
+        fill({buf, MiB}, 21);
+        REQUIRE(run_one(s1, 1, [&](auto t) {
+                    return s1.write(0, std::span<const std::byte>(buf, MiB), t);
+                }) == static_cast<std::int64_t>(MiB));
+        std::memset(buf, 0, MiB);
+        REQUIRE(run_one(all, 2, [&](auto t) {
+                    return all.read(w1.offset, std::span<std::byte>(buf, MiB), t);
+                }) == static_cast<std::int64_t>(MiB));
+        REQUIRE(matches({buf, MiB}, 21));
+        // Sharing instances must agree on O_DIRECT (one setting per open file description).
+        if (s0.direct()) {
+            auto off = file_store::create(
+                {.path = path, .capacity = 32 * MiB, .direct = file_store::direct_mode::off});
+            REQUIRE(off.error() == memkv::errc::invalid_argument);
+        }
+    }
+    // Every holder is gone: the lock went with them.
+    { auto a = open_store(alone(whole, 0)); }
+    // A waiting open gets the window as soon as its holder lets go.
+    auto holder = std::make_unique<file_store>(open_store(alone(w0, 0)));
+    std::thread release([&] {
+        std::this_thread::sleep_for(300ms);
+        holder.reset();
+    });
+    const auto t0 = std::chrono::steady_clock::now();
+    auto waited = file_store::create(alone(w0, 5000));
+    release.join();
+    REQUIRE(waited);
+    CHECK(elapsed_ms(t0) >= 250);
+}
+
+TEST_CASE("file_store window held by a process killed with writes in flight goes to the next open",
+          "[store][uring][file_store][lock]") {
+    temp_dir dir;
+    const auto path = dir.file("data");
+    const file_store::config whole{.path = path, .capacity = 32 * MiB};
+    const auto w0 = file_store::shard_config(whole, 0, 2);
+    const auto w1 = file_store::shard_config(whole, 1, 2);
+    { auto create_file = open_store(whole); } // so that the child does not race the parent
+    // Nothing of the file is open here when forking: the child's open is its own (fork shares
+    // open file descriptions, and with them OFD locks).
+    int ready[2];
+    REQUIRE(::pipe(ready) == 0);
+    const pid_t child = ::fork();
+    REQUIRE(child >= 0);
+    if (child == 0) {
+        ::close(ready[0]);
+        auto s = file_store::create(w0);
+        char ok = s ? 1 : 0;
+        // Writes in flight when the kill comes.
+        auto pool = memkv::detail::buffer_pool::create({1 * MiB, 8, false});
+        if (s && pool)
+            for (std::uint64_t i = 0; i < 8; ++i)
+                (void)s->write(i * MiB, std::span<const std::byte>(pool->acquire(), MiB), i);
+        (void)!::write(ready[1], &ok, 1);
+        for (;;)
+            ::pause();
+    }
+    ::close(ready[1]);
+    char ok = 0;
+    REQUIRE(::read(ready[0], &ok, 1) == 1);
+    ::close(ready[0]);
+    REQUIRE(ok == 1);
+    struct reaper {
+        pid_t pid;
+        ~reaper() {
+            if (pid > 0) {
+                ::kill(pid, SIGKILL);
+                ::waitpid(pid, nullptr, 0);
+            }
+        }
+    } guard{child};
+    // The child's window is locked; the other one is free.
+    const auto busy = std::error_code(EBUSY, std::system_category());
+    auto quick = w0;
+    quick.busy_wait_ms = 200;
+    REQUIRE(file_store::create(quick).error() == busy);
+    { auto other = open_store(w1); }
+    // kill -9: the lock goes once the kernel has torn down the child's ring (its writes done).
+    REQUIRE(::kill(child, SIGKILL) == 0);
+    int status = 0;
+    REQUIRE(::waitpid(child, &status, 0) == child);
+    guard.pid = -1;
+    REQUIRE(WIFSIGNALED(status));
+    const auto t0 = std::chrono::steady_clock::now();
+    auto after = file_store::create(w0); // waits up to 10 s
+    REQUIRE(after);
+    CHECK(std::chrono::steady_clock::now() - t0 < 5s);
 }
 
 TEST_CASE("file_store notify_fd is readable while completions are pending, even after a short poll",

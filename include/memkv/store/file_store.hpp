@@ -16,17 +16,48 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <chrono>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <memory>
+#include <mutex>
 #include <span>
 #include <string>
 #include <utility>
+#include <vector>
 
 namespace memkv {
+
+namespace detail {
+
+/// A file opened by the file_store instances of this process that share it: one open file
+/// description carries their I/O and their OFD write locks (an OFD lock belongs to the open file
+/// description, so locks taken through it never conflict with each other, while every other
+/// open of the file conflicts with them).
+struct claimed_file {
+    dev_t dev = 0;
+    ino_t ino = 0;
+    unique_fd fd;
+    bool direct = false; // O_DIRECT is a property of the open file description
+};
+
+/// The files this process holds (weak: a file is closed, and its locks released, with its last
+/// file_store).
+inline std::vector<std::weak_ptr<claimed_file>>& claimed_files() {
+    static std::vector<std::weak_ptr<claimed_file>> files;
+    return files;
+}
+inline std::mutex& claimed_files_mutex() {
+    static std::mutex m;
+    return m;
+}
+
+} // namespace detail
 
 /// @brief A store over the window [offset, offset + capacity) of a file.
 ///
@@ -42,8 +73,22 @@ namespace memkv {
 ///   Rewriting a punched range allocates again, so a write can then fail with -ENOSPC if the
 ///   filesystem filled up meanwhile.
 /// - Offsets given to read/write/discard are relative to the window.
-/// - Several instances may open the same file (every shard of a server does, each with its own
-///   descriptor and ring); each touches only its own window.
+/// - **The window is owned exclusively**: create() takes an OFD write lock (F_OFD_SETLK) on the
+///   window's byte range of the file and holds it for the lifetime of the store. Another
+///   memkv-server on the same file, or a restart while a process killed a moment ago still has
+///   io_uring writes in flight (its open file, and so its lock, lives until they completed), waits
+///   up to `busy_wait_ms` for the lock, then fails with EBUSY ("in use by another memkv-server").
+///   A filesystem without locks (ENOLCK) is used unlocked, with a warning.
+/// - Instances in this process that open the same file share one open file description, which
+///   carries their I/O and their locks (`share_in_process`, the default): every shard of a server
+///   opens the whole file, and instances over other windows of it (shard_config) never block each
+///   other. Its locks are released with the last instance. Sharing instances must agree on
+///   O_DIRECT (one setting per open file description): `on` over a buffered one, or `off` over an
+///   O_DIRECT one, is refused with errc::invalid_argument; `auto_` takes what is there. With
+///   `share_in_process = false` an instance opens the file on its own and conflicts like another
+///   process would.
+/// - fork() shares open file descriptions: a child forked while a store is open holds the lock
+///   with the parent until both closed it (the descriptor is close-on-exec: exec drops it).
 class file_store {
 public:
     /// Data survives the process: the engine keeps a superblock in it.
@@ -65,6 +110,10 @@ public:
         unsigned queue_depth = 64;       ///< io_uring submission entries
         direct_mode direct = direct_mode::auto_;
         bool create = true; ///< create the file, and preallocate it up to offset + capacity
+        bool share_in_process = true; ///< share this process's open of the file (and its locks)
+        /// How long create() waits for a window locked by another open of the file (a killed
+        /// server's writes in flight, or another server) before it fails with EBUSY.
+        std::uint32_t busy_wait_ms = 10000;
     };
 
     /// A range of the window that lies on one device (window coordinates).
@@ -73,9 +122,12 @@ public:
         std::uint64_t length = 0;
     };
 
-    /// Opens (and creates, preallocates) the file. Errors: errc::invalid_argument for a bad
-    /// configuration (logged); errc::no_space when preallocation finds no space; a system error
-    /// from open/fallocate/io_uring setup otherwise (EPERM/ENOSYS: io_uring disabled).
+    /// Opens (and creates, preallocates) the file and locks the window. Errors:
+    /// errc::invalid_argument for a bad configuration, or an O_DIRECT setting that differs from
+    /// this process's shared open of the file (logged); EBUSY when another open of the file holds
+    /// a lock over the window after busy_wait_ms; errc::no_space when preallocation finds no
+    /// space; a system error from open/fallocate/io_uring setup otherwise (EPERM/ENOSYS:
+    /// io_uring disabled).
     static result<file_store> create(const config& cfg) noexcept {
         const std::uint32_t bs = cfg.block_size;
         if (bs < 512 || (bs & (bs - 1)) != 0 || cfg.path.empty() || cfg.offset % bs != 0 ||
@@ -89,21 +141,20 @@ public:
         s.block_size_ = bs;
         const int base_flags = O_RDWR | O_CLOEXEC | (cfg.create ? O_CREAT : 0);
         bool direct = cfg.direct != direct_mode::off;
-        int fd = ::open(cfg.path.c_str(), base_flags | (direct ? O_DIRECT : 0), 0600);
-        if (fd < 0 && errno == EINVAL && cfg.direct == direct_mode::auto_) {
+        detail::unique_fd own(::open(cfg.path.c_str(), base_flags | (direct ? O_DIRECT : 0), 0600));
+        if (!own && errno == EINVAL && cfg.direct == direct_mode::auto_) {
             warn_buffered(cfg.path, "does not accept O_DIRECT");
             direct = false;
-            fd = ::open(cfg.path.c_str(), base_flags, 0600);
+            own.reset(::open(cfg.path.c_str(), base_flags, 0600));
         }
-        if (fd < 0) {
+        if (!own) {
             const int err = errno;
             detail::log_error("file_store: cannot open {}: {}", cfg.path, std::strerror(err));
             return errno_code(err);
         }
-        s.fd_.reset(fd);
 
         struct stat st {};
-        if (::fstat(fd, &st) != 0) return errno_code(errno);
+        if (::fstat(own.get(), &st) != 0) return errno_code(errno);
         if (!S_ISREG(st.st_mode)) {
             detail::log_error("file_store: {} is not a regular file (use block_store for devices)",
                               cfg.path);
@@ -118,33 +169,65 @@ public:
             return errc::invalid_argument;
         }
         const std::uint64_t end = cfg.offset + cap;
-        if (size < end) {
-            if (!cfg.create) {
-                detail::log_error("file_store: {} has {} bytes; the window needs {}", cfg.path,
-                                  size, end);
+        if (size < end && !cfg.create) {
+            detail::log_error("file_store: {} has {} bytes; the window needs {}", cfg.path, size,
+                              end);
+            return errc::invalid_argument;
+        }
+
+        // Held until the instance is published (or refused), so that two instances in this
+        // process never open the file on their own at the same time.
+        std::lock_guard<std::mutex> registry(detail::claimed_files_mutex());
+        auto& held = detail::claimed_files();
+        std::erase_if(held, [](const auto& w) { return w.expired(); });
+        std::shared_ptr<detail::claimed_file> file;
+        if (cfg.share_in_process)
+            for (const auto& w : held)
+                if (auto f = w.lock(); f && f->dev == st.st_dev && f->ino == st.st_ino) {
+                    file = std::move(f);
+                    break;
+                }
+        const bool fresh = !file;
+        if (fresh) {
+            file = std::make_shared<detail::claimed_file>();
+            file->dev = st.st_dev;
+            file->ino = st.st_ino;
+            file->fd = std::move(own);
+            file->direct = direct;
+        } else {
+            own.reset(); // this instance's I/O and lock go through the shared open
+            if ((cfg.direct == direct_mode::on && !file->direct) ||
+                (cfg.direct == direct_mode::off && file->direct)) {
+                detail::log_error("file_store: {} is open in this process with O_DIRECT {}; "
+                                  "instances sharing it cannot turn it {}",
+                                  cfg.path, file->direct ? "on" : "off",
+                                  file->direct ? "off" : "on");
                 return errc::invalid_argument;
             }
-            MEMKV_TRY(preallocate(fd, cfg.path, size, end));
         }
+        const int fd = file->fd.get();
+        MEMKV_TRY(lock_window(fd, cfg.path, cfg.offset, cap, cfg.busy_wait_ms));
+        if (size < end) MEMKV_TRY(preallocate(fd, cfg.path, size, end));
         s.offset_ = cfg.offset;
         s.capacity_ = cap;
         s.segment_ = {0, cap};
 
-        if (direct) {
+        if (fresh && file->direct) {
             auto probe = probe_direct(fd, cfg.offset, bs);
             if (!probe && probe.error() == std::errc::invalid_argument &&
                 cfg.direct == direct_mode::auto_) {
                 warn_buffered(cfg.path, "refuses O_DIRECT I/O of this block size");
                 if (::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) & ~O_DIRECT) != 0)
                     return errno_code(errno);
-                direct = false;
+                file->direct = false;
             } else if (!probe) {
                 detail::log_error("file_store: {}: O_DIRECT probe failed: {}", cfg.path,
                                   probe.error().message());
                 return probe.error();
             }
         }
-        s.direct_ = direct;
+        s.direct_ = file->direct;
+        s.file_ = file;
 
         auto ring = detail::uring::create(cfg.queue_depth);
         if (!ring) {
@@ -152,6 +235,7 @@ public:
             return ring.error();
         }
         s.ring_ = std::move(*ring);
+        if (fresh && cfg.share_in_process) held.push_back(std::move(file));
         return s;
     }
 
@@ -210,23 +294,23 @@ public:
     /// Reads `buf.size()` bytes at window offset `offset`. Rules 1-3 of memkv::store.
     result<void> read(std::uint64_t offset, std::span<std::byte> buf, std::uint64_t tag) noexcept {
         MEMKV_TRY(check(offset, buf.size(), buf.data()));
-        return ring_.read(fd_.get(), offset_ + offset, buf, tag);
+        return ring_.read(fd(), offset_ + offset, buf, tag);
     }
     /// Writes `buf` at window offset `offset`.
     result<void> write(std::uint64_t offset, std::span<const std::byte> buf,
                        std::uint64_t tag) noexcept {
         MEMKV_TRY(check(offset, buf.size(), buf.data()));
-        return ring_.write(fd_.get(), offset_ + offset, buf, tag);
+        return ring_.write(fd(), offset_ + offset, buf, tag);
     }
     /// fdatasync through io_uring: completes after every write completed before it is durable.
-    result<void> flush(std::uint64_t tag) noexcept { return ring_.fsync(fd_.get(), true, tag); }
+    result<void> flush(std::uint64_t tag) noexcept { return ring_.fsync(fd(), true, tag); }
     /// Punches a hole over the range (synchronously); the completion carries 0 or -errno. A
     /// filesystem without hole punching counts the discard and reports success.
     result<void> discard(std::uint64_t offset, std::uint64_t length, std::uint64_t tag) noexcept {
         MEMKV_TRY(check(offset, length, nullptr));
         std::int64_t res = 0;
         if (length != 0 &&
-            ::fallocate(fd_.get(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+            ::fallocate(fd(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
                         static_cast<off_t>(offset_ + offset), static_cast<off_t>(length)) != 0) {
             if (errno == EOPNOTSUPP)
                 ++discards_unsupported_;
@@ -240,12 +324,59 @@ public:
     std::size_t poll(std::span<io_completion> out) noexcept { return ring_.reap(out); }
 
 private:
+    /// The file's descriptor (-1 in a default-constructed or moved-from store).
+    int fd() const noexcept { return file_ ? file_->fd.get() : -1; }
+
     result<void> check(std::uint64_t offset, std::uint64_t length, const void* buf) const noexcept {
         if (offset % block_size_ != 0 || length % block_size_ != 0 ||
             reinterpret_cast<std::uintptr_t>(buf) % block_size_ != 0)
             return errc::bad_alignment;
         if (offset > capacity_ || length > capacity_ - offset) return errc::invalid_argument;
         return {};
+    }
+
+    /// Takes an OFD write lock on [offset, offset + length) of `fd`, retrying every 50 ms for up
+    /// to `wait_ms` while another open file description holds a conflicting lock: a server killed
+    /// a moment ago keeps its open file (and lock) until the kernel finished its in-flight
+    /// io_uring writes, which must not land after this store started using the window.
+    static result<void> lock_window(int fd, const std::string& path, std::uint64_t offset,
+                                    std::uint64_t length, std::uint32_t wait_ms) noexcept {
+        struct flock fl {};
+        fl.l_type = F_WRLCK;
+        fl.l_whence = SEEK_SET;
+        fl.l_start = static_cast<off_t>(offset);
+        fl.l_len = static_cast<off_t>(length);
+        const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(wait_ms);
+        for (bool waiting = false;;) {
+            if (::fcntl(fd, F_OFD_SETLK, &fl) == 0) {
+                if (waiting) detail::log_info("file_store: {}: got the lock", path);
+                return {};
+            }
+            const int err = errno;
+            if (err == ENOLCK || err == EOPNOTSUPP) {
+                detail::log_warn("file_store: {} cannot be locked ({}): nothing stops another "
+                                 "memkv-server from using it at the same time",
+                                 path, std::strerror(err));
+                return {};
+            }
+            if (err != EAGAIN && err != EACCES) {
+                detail::log_error("file_store: cannot lock {}: {}", path, std::strerror(err));
+                return errno_code(err);
+            }
+            if (std::chrono::steady_clock::now() >= deadline) {
+                detail::log_error("file_store: file {} is in use by another memkv-server (bytes "
+                                  "[{}, {}) are locked by another open of it; waited {} ms)",
+                                  path, offset, offset + length, wait_ms);
+                return errno_code(EBUSY);
+            }
+            if (!waiting)
+                detail::log_info("file_store: {} is locked by another open of it (a server "
+                                 "that is still running, or one killed with writes in flight); "
+                                 "waiting up to {} ms",
+                                 path, wait_ms);
+            waiting = true;
+            ::usleep(50000);
+        }
     }
 
     static result<void> preallocate(int fd, const std::string& path, std::uint64_t from,
@@ -286,7 +417,7 @@ private:
         return {};
     }
 
-    detail::unique_fd fd_;
+    std::shared_ptr<const detail::claimed_file> file_; // the open file (shared in this process)
     detail::uring ring_;
     std::uint64_t offset_ = 0;   // file offset of window offset 0
     std::uint64_t capacity_ = 0; // window length
