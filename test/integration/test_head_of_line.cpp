@@ -108,15 +108,10 @@ std::size_t run_round(default_client& c, std::vector<operation>& ops, const char
 } // namespace
 
 TEST_CASE("Small GETs complete while a 64 MiB GET streams on the same connection",
-          "[integration][head_of_line][!mayfail]") {
-    // Flaky until a server bug is fixed (detail/server_shard.hpp, drain_store()): drain_store()
-    // polls the store in a loop until it has no completions; each GET completion calls
-    // send_ready() -> flush() -> on_sent() -> schedule_reads(), and memory_store completes the
-    // new reads at once, so while the client keeps the socket drained a single drain_store()
-    // call streams the whole 64 MiB value without returning to epoll_wait(): requests that
-    // arrive meanwhile on any connection of the shard wait until the transfer ends. Proposed
-    // fix: poll one batch per loop iteration and use a zero epoll timeout while the last poll
-    // returned completions (or defer schedule_reads() from on_sent() to the next iteration).
+          "[integration][head_of_line]") {
+    // Each sent piece schedules the next read, which memory_store completes at once: the shard
+    // handles one batch of completions per loop iteration, so requests that arrive meanwhile
+    // are read between pieces instead of after the whole value.
     server_fixture fx(server_fixture::make_config(shards));
     auto c = fx.client();
     const std::string big_key = "hol-big-get";
@@ -188,16 +183,10 @@ TEST_CASE("Small GETs complete while a 64 MiB PUT streams on the same connection
 }
 
 TEST_CASE("One connection's 64 MiB PUT holds no more buffers than its in-flight cap",
-          "[integration][head_of_line][backpressure][!mayfail]") {
-    // Server bug (detail/server_shard.hpp, data_target() and update_interest()): the
-    // per-connection cap (server_config::connection_inflight_cap, 16 MiB = 16 buffers) is only
-    // applied when update_interest() recomputes epoll interest, between loop iterations; within
-    // one on_readable() call data_target() keeps acquiring a fresh pool buffer for every MiB
-    // read (writes complete only in drain_store(), after on_readable() returns), so a single
-    // 64 MiB PUT takes the whole pool (64 buffers), starving the shard's other connections.
-    // Proposed fix: in data_target(), answer frame_action::pause when
-    // c.held * buffer_size + queued_bytes would exceed the cap (and resume in update_interest()
-    // once completions released buffers), or stop reading once the cap is reached.
+          "[integration][head_of_line][backpressure]") {
+    // The cap (server_config::connection_inflight_cap, 16 MiB = 16 buffers) holds within one
+    // read of the socket too: the value's writes complete only after it returns, so the shard
+    // pauses the connection instead of taking the whole pool (64 buffers).
     server_fixture fx(server_fixture::make_config(shards));
     auto c = fx.client();
     const std::string key = "bp-big-put";

@@ -111,7 +111,9 @@ public:
     server_shard(std::uint32_t index, std::uint32_t count, const server_config& cfg, Store store,
                  buffer_pool pool, shard_counters& counters)
         : index_(index), count_(count), cfg_(cfg), store_(std::move(store)), meta_io_(store_),
-          pool_(std::move(pool)), counters_(counters) {}
+          pool_(std::move(pool)), counters_(counters) {
+        counters_.describe_store(store_, pool_.hugepages());
+    }
 
     server_shard(const server_shard&) = delete;
     server_shard& operator=(const server_shard&) = delete;
@@ -174,10 +176,10 @@ public:
             }
             if (stopping && (idle() || clock::now() >= drain_deadline)) break;
             update_interest(); // may resume paused channels, which submit store I/O
-            drain_store();
+            const bool more_io = drain_store();
             close_doomed();
-            // Work made ready above (dirty connections) must not wait for an event.
-            const int timeout = !dirty_.empty() ? 0 : stopping ? 10 : 1000;
+            // Work made ready above (dirty connections, completions left) must not wait.
+            const int timeout = !dirty_.empty() || more_io ? 0 : stopping ? 10 : 1000;
             int n = ::epoll_wait(epoll_.get(), events, 64, timeout);
             for (int i = 0; i < n; ++i)
                 on_event(events[i]);
@@ -187,7 +189,8 @@ public:
         }
         while (!conns_.empty())
             close_connection(conns_.begin()->first);
-        drain_store();
+        while (drain_store()) {
+        }
         doomed_.clear();
         // Seal the open region so that the next start reads its summary instead of scanning.
         if (auto r = engine_.seal_open_region(); !r)
@@ -378,10 +381,8 @@ private:
                     continue;
                 }
             }
-            const std::size_t inflight = c.held * pool_.buffer_size() + c.ch.queued_bytes();
             std::uint32_t want = 0;
-            if (!c.ch.paused() && !c.draining && inflight < cfg_.connection_inflight_cap)
-                want |= EPOLLIN;
+            if (!c.ch.paused() && !c.draining && !over_cap(c)) want |= EPOLLIN;
             if (c.ch.want_write()) want |= EPOLLOUT;
             if (want != c.interest) {
                 epoll_event ev{};
@@ -755,6 +756,7 @@ private:
         if (offset != op.received || offset + len > op.ticket.value_len) return protocol_error(c);
         const std::size_t bsize = pool_.buffer_size();
         if (!op.buf) {
+            if (over_cap(c, 1)) return frame_action::pause; // resumed when c's buffers return
             op.buf = pool_.acquire();
             if (!op.buf) return wait_for_buffer(c);
             ++c.held;
@@ -766,6 +768,7 @@ private:
         if (len <= room) {
             iov.push_back({op.buf + op.fill, len});
         } else {
+            if (over_cap(c, 1)) return frame_action::pause;
             op.next = pool_.acquire();
             if (!op.next) return wait_for_buffer(c);
             ++c.held;
@@ -851,6 +854,20 @@ private:
         for (auto id : buffer_waiters_)
             if (auto* c = find_conn(id)) mark(*c);
         buffer_waiters_.clear();
+    }
+
+    /// True when connection `c`, holding `more` further buffers, is over its in-flight cap (held
+    /// buffers and queued replies) and something of it is under way whose end marks it again
+    /// (a store I/O or a frame being sent). Partly filled put buffers alone never stop it:
+    /// puts whose chunks interleave would wait on each other forever.
+    bool over_cap(const connection& c, std::size_t more = 0) const {
+        const std::size_t bytes = (c.held + more) * pool_.buffer_size() + c.ch.queued_bytes();
+        if (bytes <= cfg_.connection_inflight_cap) return false;
+        if (c.ch.want_write()) return true;
+        std::size_t filling = 0;
+        for (const auto& [id, op] : c.puts)
+            filling += op->buf != nullptr;
+        return c.held > filling;
     }
 
     /// Pauses a connection's channel until a buffer is given back.
@@ -1113,7 +1130,11 @@ private:
 
     // ---- store completions ------------------------------------------------------------------
 
-    void drain_store() {
+    /// Handles one batch of store completions and retries the gets that waited for buffers.
+    /// Bounded: handling a completion submits more I/O (a sent piece schedules the next read),
+    /// which a store may complete at once, so draining until empty could stream a whole value
+    /// while other requests wait for epoll_wait(). Returns true when more may be ready now.
+    bool drain_store() {
         while (!meta_io_.stash().empty()) {
             auto stashed = std::move(meta_io_.stash());
             meta_io_.stash().clear();
@@ -1121,20 +1142,15 @@ private:
                 on_io(c);
         }
         io_completion done[64];
-        for (;;) {
-            const std::size_t n = store_.poll(done);
-            if (n == 0) break;
-            for (std::size_t i = 0; i < n; ++i)
-                on_io(done[i]);
-        }
-        // Gets that waited for buffers.
-        if (!waiting_gets_.empty() && pool_.available() > 0) {
-            auto waiting = std::move(waiting_gets_);
-            waiting_gets_.clear();
-            for (auto& g : waiting)
-                if (!g->finished) schedule_reads(g);
-            drain_store();
-        }
+        const std::size_t n = store_.poll(done);
+        for (std::size_t i = 0; i < n; ++i)
+            on_io(done[i]);
+        if (waiting_gets_.empty() || pool_.available() == 0) return n > 0;
+        auto waiting = std::move(waiting_gets_);
+        waiting_gets_.clear();
+        for (auto& g : waiting)
+            if (!g->finished) schedule_reads(g);
+        return true;
     }
 
     void on_io(io_completion done) {
