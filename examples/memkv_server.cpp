@@ -297,6 +297,7 @@ struct options {
     std::uint64_t region_size = 0; // 0 = 2 * max_value
     std::size_t buffers = 64;
     bool pin_cpus = false;
+    bool no_fixed_buffers = false;
     std::string auth_key_file;
     std::string port_file;
 };
@@ -406,6 +407,7 @@ int run(const options& o) {
     cfg.listen = o.listen;
     cfg.shards = shards;
     cfg.pin_cpus = o.pin_cpus;
+    cfg.register_buffers = !o.no_fixed_buffers;
     cfg.keys = *keys;
     cfg.limits.max_value = o.max_value;
     cfg.region_size = region;
@@ -507,6 +509,9 @@ int serve(const options& o, const memkv::server_config& cfg, typename Server::st
     log("info", "buffers: {} x {} per shard, {}", srv.config().buffers_per_shard,
         human_size(srv.config().buffer_size),
         srv.hugepages() ? "hugepage-backed" : "not hugepage-backed (regular pages)");
+    if (o.store != "memory")
+        log("info", "io_uring fixed buffers: {}",
+            srv.counters(0).buffers_registered.load() ? "yes" : "no");
     log("info", "auth: {}", describe_keys(*srv.config().keys));
 
     owned_files files;
@@ -646,6 +651,10 @@ int main(int argc, char** argv) {
         ->type_name("N")
         ->default_str("64")
         ->check(CLI::Range(std::size_t{1}, std::size_t{1} << 16).description(""));
+    app.add_flag("--no-fixed-buffers", o.no_fixed_buffers,
+                 "Do not register the buffers with io_uring as fixed buffers (file and block "
+                 "stores; for comparison)")
+        ->envname("MEMKV_NO_FIXED_BUFFERS");
     app.add_flag("--pin-cpus", o.pin_cpus, "Pin shard i to CPU i (modulo the CPU count)")
         ->envname("MEMKV_PIN_CPUS");
     app.add_option("--auth-key-file", o.auth_key_file,

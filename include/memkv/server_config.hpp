@@ -31,6 +31,9 @@ struct server_config {
     /// Bounce buffers per shard and their size (payload chunk size).
     std::size_t buffers_per_shard = 64;
     std::size_t buffer_size = 1u << 20;
+    /// Register each shard's buffers with its store's io_uring (fixed-buffer reads and writes:
+    /// no page pinning per operation) where the store supports it.
+    bool register_buffers = true;
     /// Buffers one request may hold at once (GET read-ahead).
     std::size_t buffers_per_request = 4;
     /// In-flight bytes per connection (held buffers + queued replies); over it the server stops

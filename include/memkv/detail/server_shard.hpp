@@ -113,6 +113,9 @@ public:
         : index_(index), count_(count), cfg_(cfg), store_(std::move(store)), meta_io_(store_),
           pool_(std::move(pool)), counters_(counters) {
         counters_.describe_store(store_, pool_.hugepages());
+        if constexpr (requires(std::span<const iovec> r) { store_.register_buffers(r); }) {
+            if (cfg_.register_buffers) register_pool();
+        }
     }
 
     server_shard(const server_shard&) = delete;
@@ -856,6 +859,20 @@ private:
         buffer_waiters_.clear();
     }
 
+    /// Registers the pool with the store's io_uring; without it I/O still works, pinning pages
+    /// per operation (e.g. when RLIMIT_MEMLOCK is too small).
+    void register_pool() {
+        const auto m = pool_.memory();
+        const iovec region{m.data(), m.size()};
+        if (auto r = store_.register_buffers({&region, 1}); !r) {
+            log_warn("shard {}: buffers not registered with io_uring ({}): I/O runs without fixed "
+                     "buffers",
+                     index_, r.error().message());
+            return;
+        }
+        counters_.buffers_registered.store(1, std::memory_order_relaxed);
+    }
+
     /// True when connection `c`, holding `more` further buffers, is over its in-flight cap (held
     /// buffers and queued replies) and something of it is under way whose end marks it again
     /// (a store I/O or a frame being sent). Partly filled put buffers alone never stop it:
@@ -972,12 +989,15 @@ private:
         schedule_reads(op);
     }
 
-    /// Issues reads for the next pieces, up to the per-request read-ahead.
+    /// Issues reads for the next pieces, up to the per-request read-ahead: pieces being read
+    /// and pieces queued on the connection count alike, or a client reading slower than the
+    /// store would let one get take the pool (and hold its connection over the in-flight cap).
     void schedule_reads(const std::shared_ptr<get_op>& op) {
         auto* c = find_conn(op->conn_id);
         if (!c) return;
         const std::uint64_t bsize = pool_.buffer_size();
-        while (op->next_piece < op->end_piece && op->pieces.size() < cfg_.buffers_per_request) {
+        while (op->next_piece < op->end_piece &&
+               op->pieces.size() + op->in_channel < cfg_.buffers_per_request) {
             std::byte* b = pool_.acquire();
             if (!b) {
                 waiting_gets_.push_back(op);

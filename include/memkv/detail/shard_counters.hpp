@@ -39,6 +39,7 @@ struct shard_counters {
     counter store_kind{0};        ///< gauge: a store_kind_code (0 other, 1 memory, 2 file, 3 block)
     counter store_direct_io{0};   ///< gauge: 1 when the store does its I/O with O_DIRECT
     counter buffers_hugepages{0}; ///< gauge: 1 when the bounce buffers are on hugepages
+    counter buffers_registered{0}; ///< gauge: 1 when the store does I/O on them as fixed buffers
 
     /// Sets the store_kind, store_direct_io and buffers_hugepages gauges from the shard's store
     /// and buffer pool (stores without direct() are not O_DIRECT: memory stores).
@@ -94,6 +95,7 @@ struct shard_counters {
             {p + "store_kind", v(store_kind)},
             {p + "store_direct_io", v(store_direct_io)},
             {p + "buffers_hugepages", v(buffers_hugepages)},
+            {p + "buffers_registered", v(buffers_registered)},
         };
     }
 };
