@@ -7,6 +7,7 @@
 #include <memkv/detail/frame_channel.hpp>
 #include <memkv/detail/handshake_io.hpp>
 #include <memkv/detail/latency_histogram.hpp>
+#include <memkv/detail/log.hpp>
 #include <memkv/detail/socket.hpp>
 #include <memkv/protocol/messages.hpp>
 #include <memkv/protocol/placement.hpp>
@@ -169,6 +170,9 @@ private:
         std::size_t remaining = 0;
         std::optional<std::pair<std::size_t, std::uint32_t>> raw_target;
         bool internal = false; // a synchronous call's: not reported by poll_completed()
+        /// Set at dispatch: every operation of the batch ends by then, however long it waited
+        /// for its server's connection first.
+        detail::clock::time_point deadline;
     };
 
     static std::shared_ptr<batch> make_batch(std::span<operation> ops, callback cb, bool internal) {
@@ -237,7 +241,6 @@ private:
     struct parked_op {
         std::shared_ptr<batch> b;
         operation* op;
-        detail::clock::time_point deadline;
     };
     struct server_state {
         std::string endpoint_text;
@@ -592,6 +595,7 @@ private:
 
     void dispatch(const std::shared_ptr<batch>& b) {
         if (b->ops.empty()) return finish_batch(b);
+        b->deadline = detail::clock::now() + cfg_.request_timeout;
         for (auto& op : b->ops) {
             op.status = {};
             dispatch_one(b, op);
@@ -617,7 +621,7 @@ private:
         auto& s = *servers_[srv];
         if (s.state == link::down && detail::clock::now() >= s.retry_at) start_connect(srv);
         if (s.state == link::connecting) {
-            s.parked.push_back({b, &op, detail::clock::now() + cfg_.request_timeout});
+            s.parked.push_back({b, &op});
             return;
         }
         const auto shard = b->raw_target ? b->raw_target->second : locate_unchecked(op.key).second;
@@ -688,7 +692,7 @@ private:
     /// Sends the puts, gets and deletes of one batch on one connection as batch frames.
     void send_batch(connection& c, const std::shared_ptr<batch>& b, std::vector<operation*>& ops) {
         const auto now = detail::clock::now();
-        const auto deadline = now + cfg_.request_timeout;
+        const auto deadline = b->deadline;
         auto size = [&](const operation& op) {
             return protocol::batch_descriptor_size + wire_key_size(b, op) +
                    (op.kind == op_kind::put ? op.options.meta.size() : 0);
@@ -756,7 +760,7 @@ private:
     /// Sends the exists operations of one batch on one connection: frames whose request and
     /// reply bodies both fit max_body.
     void send_exists(connection& c, const std::shared_ptr<batch>& b, std::vector<operation*>& ops) {
-        const auto deadline = detail::clock::now() + cfg_.request_timeout;
+        const auto deadline = b->deadline;
         auto size = [&](const operation& op) { return 2 + wire_key_size(b, op); };
         for (std::size_t first = 0, n = 0; first < ops.size(); first += n) {
             n = frame_span(ops, first, exists_chunk(), size);
@@ -1069,7 +1073,7 @@ private:
                     if (now >= r.deadline) late = true;
             if (late) mark_down(i, make_error_code(errc::timed_out));
             for (auto it = s.parked.begin(); it != s.parked.end();) {
-                if (now < it->deadline) {
+                if (now < it->b->deadline) {
                     ++it;
                     continue;
                 }
@@ -1157,7 +1161,10 @@ public:
             if (!env) return env.error();
             cfg.servers = std::move(*env);
         }
-        if (cfg.servers.empty()) return errc::invalid_argument;
+        if (std::string why; !client_config::check_servers(cfg.servers, &why)) {
+            detail::log_error("memkv client: {}", why);
+            return errc::invalid_argument;
+        }
         if (!cfg.key) {
             auto ring = auth::key_ring::from_environment();
             if (!ring) return ring.error();

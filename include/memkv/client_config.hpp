@@ -25,8 +25,9 @@ namespace memkv {
 /// (servers_from_environment()); no `key` reads MEMKV_AUTH_KEY / MEMKV_AUTH_KEY_FILE (the first
 /// entry is used).
 struct client_config {
-    /// Endpoints: "HOST:PORT", "[V6]:PORT" or "unix:/PATH". Their order is part of placement:
-    /// every client of a cluster must list the same servers in the same order.
+    /// Endpoints: "HOST:PORT", "[V6]:PORT" or "unix:/PATH" ("tcp://" may precede HOST). Their
+    /// identities (docs/protocol.md §10: the endpoint without "tcp://") decide placement; the
+    /// order does not. Every client of a cluster must use the same identities.
     std::vector<std::string> servers;
     std::optional<auth::key_entry> key;
     /// Prepended to every key (e.g. a model and layout fingerprint), so that two models sharing
@@ -43,11 +44,11 @@ struct client_config {
     std::uint32_t chunk_size = protocol::default_chunk;
 
     /// Parses the text of a servers file: one endpoint per line ("HOST:PORT", "[V6]:PORT",
-    /// "unix:/PATH"; "tcp://" may precede HOST), in placement order. '#' starts a comment that
-    /// runs to the end of the line; blank lines and surrounding blanks are ignored. Endpoints
-    /// are checked for form only (names resolve when the client connects). A text without
-    /// endpoints, or listing one twice, is refused. Errors are errc::invalid_argument; `why`,
-    /// if given, receives "line N: ...".
+    /// "unix:/PATH"; "tcp://" may precede HOST and is dropped: the result holds identities).
+    /// '#' starts a comment that runs to the end of the line; blank lines and surrounding blanks
+    /// are ignored. Endpoints are checked for form only (names resolve when the client
+    /// connects). A text without endpoints, or listing one twice, is refused. Errors are
+    /// errc::invalid_argument; `why`, if given, receives "line N: ...".
     static result<std::vector<std::string>> parse_servers(std::string_view text,
                                                           std::string* why = nullptr);
 
@@ -59,6 +60,12 @@ struct client_config {
     /// servers file MEMKV_SERVERS_FILE; none if neither is set, errc::invalid_argument if both
     /// are. `why`, if given, receives a message naming the variable at fault.
     static result<std::vector<std::string>> servers_from_environment(std::string* why = nullptr);
+
+    /// Checks the form of every endpoint in `servers` and replaces each by its identity (no
+    /// "tcp://"); errc::invalid_argument, explained in `why`, for a bad or repeated endpoint or
+    /// an empty list. client::create() applies it to every list it is given.
+    static result<void> check_servers(std::vector<std::string>& servers,
+                                      std::string* why = nullptr);
 
     /// Largest servers file read (a guard against naming the wrong file).
     static constexpr std::size_t max_servers_file = 1u << 20;
@@ -101,6 +108,12 @@ inline std::string endpoint_form_error(std::string_view e) {
     return {};
 }
 
+/// The placement identity of a well-formed endpoint: the endpoint without "tcp://".
+inline std::string_view server_identity(std::string_view e) noexcept {
+    if (e.starts_with("tcp://")) e.remove_prefix(6);
+    return e;
+}
+
 /// errc::invalid_argument, explained in `why` if given.
 inline std::error_code invalid_config(std::string* why, std::string message) {
     if (why) *why = std::move(message);
@@ -122,15 +135,32 @@ inline result<std::vector<std::string>> client_config::parse_servers(std::string
         const auto where = "line " + std::to_string(n) + ": '" + std::string(line) + "': ";
         if (auto e = detail::endpoint_form_error(line); !e.empty())
             return detail::invalid_config(why, where + e);
+        const auto id = detail::server_identity(line);
         for (std::size_t i = 0; i < out.size(); ++i)
-            if (out[i] == line)
+            if (out[i] == id)
                 return detail::invalid_config(why,
                                               where + "also on line " + std::to_string(lines[i]));
-        out.emplace_back(line);
+        out.emplace_back(id);
         lines.push_back(n);
     }
     if (out.empty()) return detail::invalid_config(why, "no servers listed");
     return out;
+}
+
+inline result<void> client_config::check_servers(std::vector<std::string>& servers,
+                                                 std::string* why) {
+    if (servers.empty()) return detail::invalid_config(why, "no servers listed");
+    for (std::size_t i = 0; i < servers.size(); ++i) {
+        const auto where = "server " + std::to_string(i + 1) + " '" + servers[i] + "': ";
+        if (auto e = detail::endpoint_form_error(servers[i]); !e.empty())
+            return detail::invalid_config(why, where + e);
+        servers[i] = std::string(detail::server_identity(servers[i]));
+        for (std::size_t j = 0; j < i; ++j)
+            if (servers[j] == servers[i])
+                return detail::invalid_config(why,
+                                              where + "same server as " + std::to_string(j + 1));
+    }
+    return {};
 }
 
 inline result<client_config> client_config::from_file(const std::string& path, std::string* why) {
@@ -182,6 +212,12 @@ inline result<std::vector<std::string>> client_config::servers_from_environment(
         if (auto part = detail::trim_blanks(s.substr(0, comma)); !part.empty())
             out.emplace_back(part);
         s.remove_prefix(comma == std::string_view::npos ? s.size() : comma + 1);
+    }
+    if (have_list) {
+        if (auto r = check_servers(out, why); !r) {
+            if (why) *why = "MEMKV_SERVERS: " + *why;
+            return r.error();
+        }
     }
     return out;
 }

@@ -406,14 +406,8 @@ TEST_CASE("Concurrent large GETs and small PUTs on one connection never leave re
     CHECK(f.count() == 0);
 }
 
-// Bug (seen only under -DMEMKV_SANITIZE=thread, which reports it and exits 66): a data race in
-// include/memkv/client.hpp on server_state::state. server_stats() (`st.up = s->state
-// == link::up`, any thread, under stats_mutex_) reads it while the progress thread writes it
-// without that mutex in start_connect(), mark_down() and settle(). Likewise locate()
-// (any thread) reads server_state::shard_count, which settle() writes on every reconnection.
-// Proposed fix: make `state` and `shard_count` std::atomic (relaxed loads are enough for a
-// statistic and for placement, whose shard count never changes while a server runs), or write
-// them under stats_mutex_ and read shard_count under it in locate().
+// Run under -DMEMKV_SANITIZE=thread (scripts/test.sh does): server_stats() and locate() on any
+// thread read the server's link state and shard count while the progress thread changes them.
 TEST_CASE("Threads reading a client's server stats and placement while one of its servers goes "
           "away, comes back and goes away again",
           "[failover][threads]") {

@@ -5,6 +5,7 @@
 #include "support/temp_env.hpp"
 
 #include <memkv/client_config.hpp>
+#include <memkv/memkv.hpp>
 
 #include <cstdlib>
 #include <optional>
@@ -45,8 +46,8 @@ TEST_CASE("A servers file lists one endpoint per line, in order, with comments a
                                                 "   # indented comment\n"
                                                 "10.0.0.5:65535");
     REQUIRE(r.has_value());
-    CHECK(*r == servers{"10.0.0.1:9900", "storage-2.example:9900", "[fd00::3]:9900",
-                        "tcp://10.0.0.4:1", "unix:/run/memkv.sock", "10.0.0.5:65535"});
+    CHECK(*r == servers{"10.0.0.1:9900", "storage-2.example:9900", "[fd00::3]:9900", "10.0.0.4:1",
+                        "unix:/run/memkv.sock", "10.0.0.5:65535"});
 }
 
 TEST_CASE("A servers file's bad lines are refused with their line number",
@@ -117,6 +118,12 @@ TEST_CASE("The environment names servers by MEMKV_SERVERS or MEMKV_SERVERS_FILE,
         REQUIRE(r.has_value());
         CHECK(*r == servers{"10.0.0.1:9900", "10.0.0.2:9900"});
     }
+    SECTION("a bad MEMKV_SERVERS") {
+        env_guard a("MEMKV_SERVERS", "10.0.0.1:9900,10.0.0.1"), b("MEMKV_SERVERS_FILE", nullptr);
+        REQUIRE_FALSE(client_config::servers_from_environment(&why).has_value());
+        CHECK(why == "MEMKV_SERVERS: server 2 '10.0.0.1': expected HOST:PORT, [V6]:PORT or "
+                     "unix:/PATH");
+    }
     SECTION("MEMKV_SERVERS_FILE") {
         env_guard a("MEMKV_SERVERS", nullptr), b("MEMKV_SERVERS_FILE", f.path().c_str());
         auto r = client_config::servers_from_environment(&why);
@@ -135,4 +142,32 @@ TEST_CASE("The environment names servers by MEMKV_SERVERS or MEMKV_SERVERS_FILE,
         CHECK(r.error() == errc::invalid_argument);
         CHECK(why == "MEMKV_SERVERS and MEMKV_SERVERS_FILE are both set");
     }
+}
+
+TEST_CASE("Every server list is reduced to placement identities and checked for repeats",
+          "[unit][client_config]") {
+    // "tcp://" is not part of a server's identity (docs/protocol.md §10): both spellings of
+    // one server must place keys alike, and are the same server twice.
+    servers list{"tcp://10.0.0.1:9900", "[fd00::1]:9900", "unix:/run/memkv.sock"};
+    REQUIRE(client_config::check_servers(list).has_value());
+    CHECK(list == servers{"10.0.0.1:9900", "[fd00::1]:9900", "unix:/run/memkv.sock"});
+
+    std::string why;
+    servers twice{"10.0.0.1:9900", "tcp://10.0.0.1:9900"};
+    CHECK(client_config::check_servers(twice, &why).error() == errc::invalid_argument);
+    CHECK(why == "server 2 'tcp://10.0.0.1:9900': same server as 1");
+    CHECK(refusal("10.0.0.1:9900\ntcp://10.0.0.1:9900\n") ==
+          "line 2: 'tcp://10.0.0.1:9900': also on line 1");
+
+    servers bad{"10.0.0.1:9900", "host:0"};
+    CHECK_FALSE(client_config::check_servers(bad, &why).has_value());
+    CHECK(why == "server 2 'host:0': port must be a number from 1 to 65535");
+    servers none;
+    CHECK_FALSE(client_config::check_servers(none, &why).has_value());
+    CHECK(why == "no servers listed");
+
+    // The client applies it to the list it is given.
+    memkv::client_config cfg;
+    cfg.servers = {"127.0.0.1:1", "tcp://127.0.0.1:1"};
+    CHECK(memkv::default_client::create(cfg).error() == errc::invalid_argument);
 }
