@@ -173,6 +173,30 @@ TEST_CASE("A client talks to a server in another process and the server stops cl
         CHECK((*e)[0]);
         CHECK_FALSE((*e)[1]);
 
+        // exists over 1,000 keys (every other one stored), if_absent and match_prefix.
+        std::vector<std::string> many;
+        for (int i = 0; i < 1000; ++i) {
+            many.push_back("mp-many-" + std::to_string(i));
+            if (i % 2 == 0) REQUIRE(c.put(many.back(), pattern(i, 64)).has_value());
+        }
+        e = c.exists(many);
+        REQUIRE(e.has_value());
+        REQUIRE(e->size() == many.size());
+        for (std::size_t i = 0; i < many.size(); ++i)
+            CHECK((*e)[i] == (i % 2 == 0));
+        put_options ia;
+        ia.if_absent = true;
+        REQUIRE(c.put("mp-ia", pattern(5, 100), ia).has_value());
+        REQUIRE(c.put("mp-ia", pattern(6, 200), ia).has_value()); // present: kept, success
+        auto kept = c.get("mp-ia");
+        REQUIRE(kept.has_value());
+        CHECK(mismatch(*kept, pattern(5, 100)) == "");
+        std::vector<std::string> chain{"mp-many-0", "mp-many-2", "mp-many-4", "mp-many-5",
+                                       "mp-many-6"};
+        auto prefix = c.match_prefix(chain);
+        REQUIRE(prefix.has_value());
+        CHECK(*prefix == 3);
+
         // Stop the server: SIGTERM, then a clean exit with status 0.
         REQUIRE(::kill(child.pid(), SIGTERM) == 0);
         const int st = child.wait_exit(std::chrono::seconds(15));
