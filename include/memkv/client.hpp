@@ -889,6 +889,10 @@ private:
                 done(c, it, status);
                 return detail::frame_action::discard;
             }
+            // Checked before allocating: never more than a value can be, or than was asked for.
+            if (h.value_len > cfg_.limits.max_value ||
+                (r.op->length != 0 && h.value_len > r.op->length))
+                return protocol_violation(c);
             r.op->meta_out.assign(body.begin(), body.end());
             r.op->value_size = h.length;
             r.expect = h.value_len;

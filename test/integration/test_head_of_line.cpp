@@ -110,8 +110,9 @@ std::size_t run_round(default_client& c, std::vector<operation>& ops, const char
 TEST_CASE("Small GETs complete while a 64 MiB GET streams on the same connection",
           "[integration][head_of_line]") {
     // Each sent piece schedules the next read, which memory_store completes at once: the shard
-    // handles one batch of completions per loop iteration, so requests that arrive meanwhile
-    // are read between pieces instead of after the whole value.
+    // handles one batch of completions per loop iteration, and the GET's read-ahead counts its
+    // queued pieces (its connection stays under the in-flight cap), so requests that arrive
+    // meanwhile are read between pieces instead of after the whole value.
     server_fixture fx(server_fixture::make_config(shards));
     auto c = fx.client();
     const std::string big_key = "hol-big-get";

@@ -547,8 +547,8 @@ std::vector<frame_case> malformed_frame_cases() {
     using E = std::vector<errc>;
     const E protocol_err{errc::protocol};
     const E too_large{errc::too_large};
-    // Caps found in a body (key, metadata, counts) are answered `protocol` instead of the
-    // documented `too_large` (see the [!mayfail] test below); both are accepted here.
+    // Caps found in a body (key, metadata, counts): `too_large` (docs §8), which a test below
+    // requires exactly; this shared case list accepts `protocol` too.
     const E cap_in_body{errc::too_large, errc::protocol};
     const E silent{};
     std::vector<frame_case> v;
@@ -906,7 +906,7 @@ std::vector<frame_case> malformed_frame_cases() {
                    return cat({get_desc(k, id), get_desc(k, id + 1), filled(3)});
                });
     // The first sub-request is valid and is executed before the second's id is found to be
-    // out of order: its reply may precede the error (see the [!mayfail] test below).
+    // out of order: its reply may precede the error.
     batch_case("batch: sub-request ids not increasing", protocol_err,
                [get_desc](raw_connection&, const std::string& k, std::uint64_t id) {
                    return cat({get_desc(k, id + 1), get_desc(k, id)});
@@ -1064,11 +1064,10 @@ TEST_CASE("after attach: malformed frames are closed within 1 s", "[security][ma
 
 TEST_CASE("after attach: malformed exists bodies close the connection (docs §9)",
           "[security][malformed]") {
-    // server_shard::do_exists answers a malformed exists body with an ordinary exists reply
-    // carrying the error status and keeps the connection open; §8/§9 require a
-    // connection-level error and a close.
+    // A malformed exists body is a connection-level error followed by a close (§8/§9), not an
+    // ordinary exists reply carrying an error status.
     suite_env env;
-    timing t{"malformed exists (mayfail)"};
+    timing t{"malformed exists"};
     auto exists_case = [](std::string name, errc want, std::uint32_t count,
                           std::function<std::vector<std::byte>(const std::string&)> body) {
         return frame_case{
@@ -1113,10 +1112,10 @@ TEST_CASE("after attach: malformed exists bodies close the connection (docs §9)
 
 TEST_CASE("after attach: a cap exceeded inside a body is reported as too_large (docs §8)",
           "[security][malformed]") {
-    // server_shard::on_frame maps every body-decoding failure to protocol_error(), which always
-    // sends `protocol`, even when split_key_meta()/decode_batch() returned too_large.
+    // A body-decoding failure that is a cap (split_key_meta()/decode_batch() returning
+    // too_large) is reported as too_large, not as protocol.
     suite_env env;
-    timing t{"cap in body -> too_large (mayfail)"};
+    timing t{"cap in body -> too_large"};
     std::vector<frame_case> cases;
     for (auto& fc : malformed_frame_cases()) {
         if (fc.statuses.size() == 2) { // the cap_in_body cases
@@ -1131,12 +1130,10 @@ TEST_CASE("after attach: a cap exceeded inside a body is reported as too_large (
 
 TEST_CASE("after attach: batch and data frames that break the id and transfer rules close",
           "[security][malformed]") {
-    // on_frame(batch) never calls begin_request() for the batch frame's own id (docs §4.2: an id
-    // not above the last one is malformed), and data_target() discards a payload-less data
-    // frame before looking the transfer up (docs §6.9: data frames carry payload_len >= 1, and a
-    // data frame without a transfer is malformed, §9).
+    // A batch frame's own id must be above the last one (docs §4.2), and a data frame must carry
+    // payload (§6.9) and belong to a transfer (§9).
     suite_env env;
-    timing t{"batch id / empty data (mayfail)"};
+    timing t{"batch id / empty data"};
     auto get_desc = [](const std::string& key, std::uint64_t id) {
         return cat({descriptor(op(opcode::get), 0, 0, static_cast<std::uint16_t>(key.size()), 0, id,
                                0, 0, 0),
@@ -1189,9 +1186,8 @@ TEST_CASE("after attach: batch and data frames that break the id and transfer ru
 
 TEST_CASE("pre-auth: a short HTTP line is refused before the handshake timeout",
           "[security][malformed]") {
-    // server_handshake::step() reads until it has all 64 bytes of a hello before it looks at
-    // the magic, so "GET / HTTP/1.1\r\n\r\n" (18 bytes) holds its pre-auth slot for the whole
-    // handshake timeout (5 s by default); the first 4 bytes already show it is not a hello.
+    // The first 4 bytes of "GET / HTTP/1.1\r\n\r\n" (18 bytes) already show it is not a hello:
+    // the server must not hold the pre-auth slot for the whole handshake timeout (5 s here).
     memkv::test::server_fixture fx5([] {
         auto c = suite_env::config(make_key(7, "acme", 0x5a));
         c.handshake_timeout = milliseconds(5000);

@@ -718,7 +718,9 @@ private:
         op->info.meta.assign(reinterpret_cast<const char*>(meta.data()), meta.size());
         op->info.flags = (flags & protocol::flags::pin) ? storage::record_flags::pinned : 0;
         op->info.value_len = value_len;
-        op->info.expires_unix_ms = ttl_s ? storage::unix_ms() + ttl_s * 1000 : 0;
+        // The wire carries 64 bits; more than 2^32 s (136 years) is taken as 2^32 s.
+        const std::uint64_t ttl = std::min<std::uint64_t>(ttl_s, 0xffffffffu);
+        op->info.expires_unix_ms = ttl ? storage::unix_ms() + ttl * 1000 : 0;
         op->info.crcs.reserve(storage::crc_chunks(value_len));
         if (!refuse) {
             // The header's size is known now: CRCs are 4 bytes per chunk of the value.
