@@ -503,14 +503,13 @@ int serve(const options& o, const memkv::server_config& cfg, typename Server::st
     log("info", "store: {}{}, capacity {} ({} per shard), max value {}", o.store,
         o.path.empty() ? std::string() : " " + o.path, human_size(o.capacity),
         human_size(per_shard), human_size(o.max_value));
-    if constexpr (requires { srv.store_direct_io(); })
-        log("info", "I/O: {}", srv.store_direct_io() ? "O_DIRECT" : "buffered (no O_DIRECT)");
     log("info", "region size: {}", human_size(srv.config().region_size));
     log("info", "buffers: {} x {} per shard, {}", srv.config().buffers_per_shard,
         human_size(srv.config().buffer_size),
         srv.hugepages() ? "hugepage-backed" : "not hugepage-backed (regular pages)");
     if (o.store != "memory")
-        log("info", "io_uring fixed buffers: {}",
+        log("info", "I/O: io_uring, {}, fixed buffers {}",
+            srv.counters(0).store_direct_io.load() ? "O_DIRECT" : "buffered (no O_DIRECT)",
             srv.counters(0).buffers_registered.load() ? "yes" : "no");
     log("info", "auth: {}", describe_keys(*srv.config().keys));
 
