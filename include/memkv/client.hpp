@@ -93,6 +93,7 @@ public:
 
     /// Submits and waits. Does not signal completion_fd() (it is for submit()'s batches).
     result<void> run(std::span<operation> ops) {
+        if (on_progress_thread()) return errc::invalid_argument; // would wait for itself
         auto id = submit_batch(make_batch(ops, {}, true));
         if (!id) return id.error();
         wait(*id);
@@ -100,6 +101,7 @@ public:
     }
 
     result<std::vector<server_stats_entry>> stats() {
+        if (on_progress_thread()) return errc::invalid_argument; // would wait for itself
         auto req = std::make_shared<stats_request>();
         {
             std::lock_guard lock(mutex_);
@@ -184,12 +186,15 @@ private:
         return b;
     }
 
+    /// True on the thread that runs completion callbacks.
+    bool on_progress_thread() const noexcept { return std::this_thread::get_id() == progress_id_; }
+
     /// Queues a batch for the progress thread, waiting while the in-flight cap is reached
     /// (never on the progress thread, whose callbacks may submit). Returns its id.
     result<std::uint64_t> submit_batch(std::shared_ptr<batch> b) {
         const auto n = b->ops.size();
         std::unique_lock lock(mutex_);
-        if (std::this_thread::get_id() != progress_id_)
+        if (!on_progress_thread())
             inflight_cv_.wait(lock, [&] {
                 return stopping_ || inflight_ + n <= cfg_.max_inflight || inflight_ == 0;
             });
@@ -1205,7 +1210,9 @@ public:
 
     /// Blocks until batch `id` has completed (a callback batch: its callback returned); then it
     /// is no longer reported by poll_completed(). Returns at once for an id already completed
-    /// and polled or waited for.
+    /// and polled or waited for. Must not be called from a completion callback (it would wait
+    /// for the thread running the callback); run(), stats() and the synchronous calls fail
+    /// there with errc::invalid_argument instead.
     void wait(std::uint64_t id) {
         if (!forked()) core_->wait(id);
     }

@@ -13,6 +13,7 @@
 #include <sys/mman.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <cstring>
@@ -768,6 +769,32 @@ TEST_CASE("Synchronous calls leave the completion fd quiet", "[integration][roun
     pollfd p{c->completion_fd(), POLLIN, 0};
     CHECK(::poll(&p, 1, 0) == 0);
     CHECK(c->poll_completed().empty());
+}
+
+TEST_CASE("Synchronous calls from a completion callback fail instead of deadlocking",
+          "[integration][round_trip][async]") {
+    // The callback runs on the client's progress thread, which a synchronous call would wait for.
+    server_fixture fx;
+    auto c = fx.client();
+    REQUIRE(c->put("in-callback", pattern(1, 10)).has_value());
+    std::vector<operation> ops(1);
+    ops[0].kind = op_kind::get;
+    ops[0].key = "in-callback";
+    std::promise<std::array<std::error_code, 3>> inside;
+    REQUIRE(c->submit(ops, [&](std::span<operation>) {
+                 std::vector<operation> nested(1);
+                 nested[0].kind = op_kind::exists;
+                 nested[0].key = "in-callback";
+                 inside.set_value(
+                     {c->get("in-callback").error(), c->run(nested).error(), c->stats().error()});
+             }).has_value());
+    auto f = inside.get_future();
+    REQUIRE(f.wait_for(std::chrono::seconds(10)) == std::future_status::ready);
+    for (const auto& ec : f.get())
+        CHECK(ec == errc::invalid_argument);
+    // Outside the callback the same calls work.
+    REQUIRE(c->get("in-callback").has_value());
+    REQUIRE(c->stats().has_value());
 }
 
 TEST_CASE("A batch of many small puts completes without stalling",
