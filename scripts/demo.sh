@@ -72,12 +72,17 @@ start_server() {
   return 1
 }
 
-# File mode: a 1 GiB preallocated store file (O_DIRECT where the filesystem allows it). Where
-# io_uring is unavailable (some container sandboxes), the memory store is the fallback.
+# File mode: a 1 GiB preallocated store file (O_DIRECT where the filesystem allows it). Only
+# where io_uring itself is unavailable (some container sandboxes) is the memory store the
+# fallback; any other failure of file mode fails the demo.
 if ! start_server --store file --path "$tmp/memkv-store.img" --capacity 1G; then
   kill -KILL "$server_pid" 2>/dev/null || true
   wait "$server_pid" 2>/dev/null || true
-  echo "file mode failed (above); falling back to the memory store" >&2
+  if ! grep -q "io_uring setup failed" "$tmp/server.log"; then
+    echo "FAIL: memkv-server could not start in file mode" >&2
+    exit 1
+  fi
+  echo "io_uring is unavailable here (above); falling back to the memory store" >&2
   start_server --store memory --capacity 1G || exit 1
 fi
 echo "memkv-server (pid $server_pid) listening on $addr"
