@@ -67,17 +67,13 @@ if [[ $STORE != memory && $STORE != file ]]; then
     exit 2
 fi
 
+# shellcheck source=scripts/bench-lib.sh
+source "scripts/bench-lib.sh"
 pids=()
 scratch=""
 # shellcheck disable=SC2317 # invoked by the EXIT trap
 cleanup() {
-    local pid
-    for pid in "${pids[@]}"; do
-        if kill -0 "$pid" 2>/dev/null; then
-            kill "$pid" 2>/dev/null || true
-            wait "$pid" 2>/dev/null || true
-        fi
-    done
+    stop_pids
     if [[ -n "$scratch" && -d "$scratch" ]]; then rm -rf "$scratch"; fi
 }
 trap cleanup EXIT

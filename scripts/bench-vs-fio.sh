@@ -85,17 +85,13 @@ done
 capacity_bytes=$(to_bytes "$CAPACITY") || { log "bad CAPACITY '$CAPACITY'"; exit 2; }
 ws_bytes=$(to_bytes "$WORKING_SET") || { log "bad WORKING_SET '$WORKING_SET'"; exit 2; }
 
+# shellcheck source=scripts/bench-lib.sh
+source "scripts/bench-lib.sh"
 pids=()
 scratch=""
 # shellcheck disable=SC2317 # invoked by the EXIT trap
 cleanup() {
-    local pid
-    for pid in "${pids[@]}"; do
-        if kill -0 "$pid" 2>/dev/null; then
-            kill "$pid" 2>/dev/null || true
-            wait "$pid" 2>/dev/null || true
-        fi
-    done
+    stop_pids
     if [[ -n "$scratch" && -d "$scratch" ]]; then rm -rf "$scratch"; fi
 }
 trap cleanup EXIT

@@ -35,17 +35,13 @@ for tool in cmake ninja iperf3 python3 ss; do
     fi
 done
 
+# shellcheck source=scripts/bench-lib.sh
+source "scripts/bench-lib.sh"
 pids=()
 iperf_pidfile=""
 # shellcheck disable=SC2317 # invoked by the EXIT trap
 cleanup() {
-    local pid
-    for pid in "${pids[@]}"; do
-        if kill -0 "$pid" 2>/dev/null; then
-            kill "$pid" 2>/dev/null || true
-            wait "$pid" 2>/dev/null || true
-        fi
-    done
+    stop_pids
     if [[ -n "$iperf_pidfile" && -s "$iperf_pidfile" ]]; then
         kill "$(cat "$iperf_pidfile")" 2>/dev/null || true
     fi
