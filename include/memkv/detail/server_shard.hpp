@@ -209,9 +209,10 @@ private:
     struct connection;
 
     /// A record being written: a PUT receiving its value (bytes land in pool buffers, full
-    /// buffers are written), or a DEL's tombstone. Then the header block is written, then (for
-    /// durable puts and every delete) the store is flushed, and only then is the record
-    /// published and acknowledged.
+    /// buffers are written), or a DEL's tombstone. The header block is written once the last
+    /// value byte has arrived (beside the value's last writes), then, when both are done (and
+    /// for durable puts and every delete, the store flushed), the record is published and
+    /// acknowledged.
     struct put_op {
         enum class phase { value, header, flush };
         std::uint64_t conn_id = 0, id = 0;
@@ -810,6 +811,10 @@ private:
         }
         if (op->received == op->ticket.value_len) {
             c.puts.erase(op->id);
+            // The header goes out beside the value's last writes rather than after them: one
+            // device round trip per put instead of two. Recovery checks the value's chunk CRCs
+            // of every record it scans, so a header whose value never landed is skipped.
+            if (!op->failed) write_header(op);
             if (op->writes == 0) advance(op);
         }
     }
@@ -918,14 +923,7 @@ private:
             return;
         }
         using phase = typename put_op::phase;
-        if (op->stage == phase::value) {
-            if (op->crc_len > 0) op->info.crcs.push_back(op->crc);
-            op->crc_len = 0;
-            op->stage = phase::header;
-            op->header = std::make_unique<storage::aligned_buffer>(storage::meta_block);
-            engine_.header_block(op->ticket, op->info, op->header->block());
-            return submit_write(op, op->ticket.header_offset, op->header->span());
-        }
+        if (op->stage == phase::value) return write_header(op); // a tombstone or an empty value
         const bool flush =
             op->op == protocol::opcode::del || (op->flags & protocol::flags::durable);
         if (op->stage == phase::header && flush) {
@@ -945,6 +943,17 @@ private:
         if (r && op->op == protocol::opcode::put)
             counters_.bytes_in.fetch_add(bytes, std::memory_order_relaxed);
         reply(*c, op->op, op->id, r ? std::error_code{} : r.error());
+    }
+
+    /// Writes the record's header block once every byte of its value has arrived (the last
+    /// chunk's CRC is complete then).
+    void write_header(const std::shared_ptr<put_op>& op) {
+        if (op->crc_len > 0) op->info.crcs.push_back(op->crc);
+        op->crc_len = 0;
+        op->stage = put_op::phase::header;
+        op->header = std::make_unique<storage::aligned_buffer>(storage::meta_block);
+        engine_.header_block(op->ticket, op->info, op->header->block());
+        submit_write(op, op->ticket.header_offset, op->header->span());
     }
 
     void submit_write(const std::shared_ptr<put_op>& op, std::uint64_t offset,

@@ -576,8 +576,10 @@ private:
     }
 
     /// Walks a region block by block from its first record: a valid header (right location and
-    /// generation, keyed checksum) is a record and the walk jumps over its value; anything else
-    /// moves one block on. Torn and stale records are skipped and the walk keeps going.
+    /// generation, keyed checksum) whose value matches its chunk CRCs is a record and the walk
+    /// jumps over its value; anything else moves one block on. Torn and stale records are
+    /// skipped and the walk keeps going. Values are checked because a put writes its header
+    /// beside its value, not after it: a header may have landed without its value.
     result<void> scan_region(std::uint32_t id, recovery_stats& rs) {
         auto& r = regions_[id];
         constexpr std::uint64_t window = 1u << 20;
@@ -602,6 +604,13 @@ private:
                     pos += meta_block;
                     continue;
                 }
+                auto intact = value_intact(id, pos + meta_block, info, buf, buf_start, buf_len);
+                if (!intact) return intact.error();
+                if (!*intact) {
+                    ++rs.corrupt_records; // the value never landed, or was damaged since
+                    pos = next;
+                    continue;
+                }
                 adopt(id, pos, std::move(info));
                 pos = next;
                 last_end = pos;
@@ -612,6 +621,28 @@ private:
         }
         r.used = last_end;
         return {};
+    }
+
+    /// True when the value at region offset `pos` matches the record's chunk CRCs. Reads
+    /// through the scan's window (`win` holds region bytes [win_start, win_start + win_len)) and
+    /// leaves it covering the value's end, where the walk goes on.
+    result<bool> value_intact(std::uint32_t id, std::uint64_t pos, const record_info& info,
+                              aligned_buffer& win, std::uint64_t& win_start,
+                              std::uint64_t& win_len) {
+        if (info.crcs.size() != crc_chunks(info.value_len)) return false;
+        const std::uint64_t end = cfg_.region_size - meta_block;
+        for (std::uint64_t done = 0, chunk = 0; done < info.value_len; ++chunk) {
+            const auto n = std::min<std::uint64_t>(crc_chunk_size, info.value_len - done);
+            const auto at = pos + done;
+            if (at < win_start || at + n > win_start + win_len) {
+                win_start = at / meta_block * meta_block;
+                win_len = std::min<std::uint64_t>(win.size(), end - win_start);
+                MEMKV_TRY(cfg_.io->read(region_offset(id) + win_start, {win.data(), win_len}));
+            }
+            if (crc32c(win.data() + (at - win_start), n) != info.crcs[chunk]) return false;
+            done += n;
+        }
+        return true;
     }
 
     /// Adds a recovered record to the index if it is the newest version of its key.
