@@ -98,6 +98,7 @@ public:
             ec.shard = i;
             ec.seed = sb.record_seed;
             ec.max_value = c.limits.max_value;
+            ec.trim = c.trim;
             auto rs = s->shards_.back()->init(ec);
             if (!rs) {
                 detail::log_error("shard {}: cannot start over {} bytes with {}-byte regions: {}",

@@ -28,6 +28,11 @@ struct server_config {
     protocol::limits limits{};
     /// Bytes per region of the storage engine (at least twice limits.max_value).
     std::uint64_t region_size = 0; // 0 = 2 * limits.max_value
+    /// Persistent stores: TRIM (BLKDISCARD, or a punched hole in a file store) each region the
+    /// engine reclaims. Off keeps a file store's blocks allocated and written: on ext4, O_DIRECT
+    /// writes into a punched hole allocate blocks under the file's exclusive lock, which halves
+    /// write throughput (docs/storage.md, Eviction); the price is no TRIM reaching the drive.
+    bool trim = true;
     /// Bounce buffers per shard and their size (payload chunk size).
     std::size_t buffers_per_shard = 64;
     std::size_t buffer_size = 1u << 20;

@@ -379,3 +379,27 @@ TEMPLATE_TEST_CASE("filling a small persistent store past its capacity evicts th
     live_server<TestType> again(*kind, small_config());
     check_fill(*again.client);
 }
+
+TEMPLATE_TEST_CASE("with TRIM off eviction works the same and the store keeps its blocks",
+                   "[storage][server][persistent][eviction]", file_kind, block_kind) {
+    std::string why;
+    auto kind = TestType::make(small_capacity, why);
+    if (!kind) MEMKV_SKIP(std::string(TestType::name) + ": " + why);
+    auto cfg = small_config();
+    cfg.trim = false;
+    live_server<TestType> srv(*kind, cfg);
+    const auto before = memkv::test::allocation_of(kind->backing_file());
+    constexpr int n = 64; // 45 MiB through a 16 MiB store, as above
+    for (int i = 0; i < n; ++i)
+        REQUIRE(srv.client->put("nt-" + std::to_string(i), pattern(9000 + i, 700 * KiB)));
+    for (int i = n - 2; i < n; ++i) { // the newest key of each region in use hits
+        auto got = srv.client->get("nt-" + std::to_string(i));
+        REQUIRE(got);
+        CHECK(mismatch(*got, pattern(9000 + i, 700 * KiB)) == "");
+    }
+    CHECK(srv.sum(&memkv::shard_counters::evicted_regions) > 0);
+    CHECK(srv.sum(&memkv::shard_counters::discarded_bytes) == 0);
+    const auto after = memkv::test::allocation_of(kind->backing_file());
+    CHECK(after.allocated >= before.allocated); // no hole punched
+    CHECK(after.allocated >= after.size - MiB);
+}

@@ -154,6 +154,9 @@ public:
         std::uint32_t shard = 0;
         std::uint64_t seed = 0; ///< superblock.record_seed
         std::uint64_t max_value = 64ull << 20;
+        /// Discard (TRIM / punch hole) a region's range when it is reclaimed. Off: the bytes
+        /// stay until overwritten (stale records are rejected by their generation either way).
+        bool trim = true;
         meta_io* io = nullptr; ///< borrowed; outlives the engine
     };
 
@@ -505,7 +508,7 @@ private:
     }
 
     /// Reclaims the oldest sealed region: drops its entries, rewrites its header as free with a
-    /// new generation, flushes, then discards its range.
+    /// new generation, flushes, then discards its range (when trimming).
     result<void> reclaim_oldest() {
         if (sealed_.empty()) return errc::retry;
         const auto id = sealed_.front();
@@ -526,14 +529,16 @@ private:
         MEMKV_TRY(cfg_.io->write(region_offset(id), blk.span()));
         MEMKV_TRY(cfg_.io->flush());
         // The header block stays; discard the rest (TRIM / punch hole).
-        MEMKV_TRY(cfg_.io->discard(region_offset(id) + meta_block, cfg_.region_size - meta_block));
+        if (cfg_.trim)
+            MEMKV_TRY(
+                cfg_.io->discard(region_offset(id) + meta_block, cfg_.region_size - meta_block));
         const auto gen = h.generation;
         r = region_slot{};
         r.generation = gen;
         sealed_.pop_front();
         free_.push_back(id);
         ++stats_.evicted_regions;
-        stats_.discarded_bytes += cfg_.region_size - meta_block;
+        if (cfg_.trim) stats_.discarded_bytes += cfg_.region_size - meta_block;
         return {};
     }
 
