@@ -32,7 +32,8 @@
 #   THREADS (2), INFLIGHT (4), CELL_SECONDS (5, per cell), SHARDS (2), CAPACITY (8G, the
 #   store file; at least 2 x WORKING_SET), WORKING_SET (2G: fio's file, and memkv's key space
 #   per block size), BUILD_JOBS (nproc), RESULTS_DIR
-#   (BUILD_DIR/bench-vs-fio: per-run JSON and logs kept there).
+#   (BUILD_DIR/bench-vs-fio: per-run JSON and logs kept there), SERVER_ARGS (extra
+#   memkv-server flags, e.g. SERVER_ARGS=--no-trim).
 # Default run time: about 3 runs x (6 memkv cells + 6 fio cells) x 5 s plus start-up, ~4-5 min.
 # Exit status: 0 when every memkv-bench and fio run succeeded, 1 otherwise (the table is printed
 # anyway), 2 on bad settings.
@@ -52,6 +53,7 @@ WORKING_SET=${WORKING_SET:-2G}
 BUILD_JOBS=${BUILD_JOBS:-$(nproc)}
 RESULTS_DIR=${RESULTS_DIR:-$BUILD_DIR/bench-vs-fio}
 BENCH_ARGS=("$@")
+read -r -a server_args <<<"${SERVER_ARGS:-}"
 
 log() { echo "bench-vs-fio: $*" >&2; }
 
@@ -123,7 +125,8 @@ run_memkv() { # $1: run number; writes $RESULTS_DIR/memkv-$1-SIZE.json; non-zero
     local portfile="$RESULTS_DIR/server-$1.port" srv_pid endpoint status=0 s keys _
     rm -f "$scratch/store"
     "$server" --listen 127.0.0.1:0 --port-file "$portfile" --shards "$SHARDS" --store file \
-        --path "$scratch/store" --capacity "$CAPACITY" 2>"$RESULTS_DIR/server-$1.log" &
+        --path "$scratch/store" --capacity "$CAPACITY" "${server_args[@]}" \
+        2>"$RESULTS_DIR/server-$1.log" &
     srv_pid=$!
     pids+=("$srv_pid")
     for _ in $(seq 1 300); do
@@ -214,12 +217,14 @@ echo
 echo "Machine: $(nproc) CPUs ($cpu), Linux $(uname -r); memkv's client and server share them."
 echo "Filesystem: $fs ($(findmnt -no OPTIONS -T "$scratch" 2>/dev/null || echo '?'))."
 echo "memkv: memkv-bench over 127.0.0.1 against memkv-server --store file ($SHARDS shards," \
-    "$CAPACITY file), $THREADS threads x $INFLIGHT in flight; $(fio --version):" \
+    "$CAPACITY file${SERVER_ARGS:+, $SERVER_ARGS}), $THREADS threads x $INFLIGHT in flight;" \
+    "$(fio --version):" \
     "--direct=1 --ioengine=io_uring, numjobs=$THREADS x iodepth=$INFLIGHT;" \
     "${SECONDS_PER_CELL} s per cell; both over $WORKING_SET of data per block size."
 if [[ -s "$RESULTS_DIR/server-1.log" ]]; then
     echo "memkv-server: $(grep -m1 -o 'buffers: .*' "$RESULTS_DIR/server-1.log" ||
-        echo 'buffers: ?')"
+        echo 'buffers: ?'); $(grep -m1 -o 'I/O: .*' "$RESULTS_DIR/server-1.log" ||
+        echo 'I/O: ?')"
 fi
 echo "Medians of $RUNS runs (memkv and fio alternating which goes first)."
 python3 - "$RESULTS_DIR" "$RUNS" "$SIZES" <<'EOF'
