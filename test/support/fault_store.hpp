@@ -25,6 +25,7 @@ struct fault_plan {
     double read_eio = 0, write_eio = 0; ///< completion with -EIO
     double short_io = 0;                ///< completion with fewer bytes than asked
     double write_enospc = 0;            ///< completion with -ENOSPC
+    double write_landed_eio = 0;        ///< the write lands but completes with -EIO
     double misdirect = 0;               ///< the write lands one block further on
     double corrupt_write = 0;           ///< one byte of the written data flipped
     double corrupt_read = 0;            ///< one byte of the data read flipped
@@ -134,6 +135,7 @@ public:
             data.resize(data.size() - block_size());
         }
         unflushed_.push_back({at, std::move(data)});
+        if (plan_->roll(plan_->write_landed_eio)) return done(tag, -EIO);
         return done(tag, res);
     }
 

@@ -231,7 +231,8 @@ private:
         std::error_code failed;
         std::uint32_t crc = 0; // running CRC of the current crc chunk
         std::uint64_t crc_len = 0;
-        bool finished = false; // replied (or abandoned); nothing more to do
+        bool finished = false;      // replied (or abandoned); nothing more to do
+        bool header_voided = false; // failed after its header was written: header zeroed
     };
 
     /// A GET streaming its range: pieces are read into buffers and sent in offset order.
@@ -916,6 +917,19 @@ private:
         if (op->next) release_buffer(op->conn_id, std::exchange(op->next, nullptr));
         auto* c = find_conn(op->conn_id);
         if (!op->failed && !c) op->failed = make_error_code(errc::closed);
+        if (op->failed && op->header && !op->header_voided) {
+            // The header went out beside the value; if it landed, a restart would find the
+            // record of a put answered with an error. Zero it first (best effort: on error the
+            // value's chunk CRCs, checked at recovery, are what is left).
+            op->header_voided = true;
+            std::memset(op->header->data(), 0, op->header->size());
+            const auto tag = ++next_tag_;
+            if (store_.write(op->ticket.header_offset, op->header->span(), tag)) {
+                ++op->writes;
+                inflight_io_.emplace(tag, io_ctx{op, nullptr, nullptr, op->header->size()});
+                return;
+            }
+        }
         if (op->failed) {
             op->finished = true;
             engine_.abort(std::move(op->ticket));

@@ -479,6 +479,9 @@ private:
         if (r.used + len > trailer_at) return {}; // no room: recovery will scan this region
         aligned_buffer buf(len);
         std::memcpy(buf.data(), bytes.data(), bytes.size());
+        // The records first: a summary that outlived them in a power cut would name values
+        // that are not there, and summarised records are not checked again at recovery.
+        MEMKV_TRY(cfg_.io->flush());
         MEMKV_TRY(cfg_.io->write(region_offset(id) + r.used, buf.span()));
         aligned_buffer blk(meta_block);
         encode_trailer({r.generation, r.used, bytes.size()}, cfg_.seed, blk.block());
