@@ -311,13 +311,20 @@ public:
     void pin(std::uint32_t region) noexcept { ++regions_[region].pins; }
     void unpin(std::uint32_t region) noexcept { --regions_[region].pins; }
 
-    /// Seals the open region (writes its summary): at shutdown, so that the next start reads
-    /// summaries instead of scanning.
+    /// Seals the open region (writes its summary), and writes the summaries that regions
+    /// recovered by a scan lack: at shutdown, so that the next start reads summaries instead
+    /// of scanning (and checking every value of) those regions again.
     result<void> seal_open_region() {
-        if (!open_) return {};
-        MEMKV_TRY(close_region(*open_));
-        sealed_.push_back(*open_);
-        open_.reset();
+        for (auto id : sealed_)
+            if (regions_[id].unsummarised && regions_[id].writers == 0) {
+                MEMKV_TRY(seal(id));
+                regions_[id].unsummarised = false;
+            }
+        if (open_) {
+            MEMKV_TRY(close_region(*open_));
+            sealed_.push_back(*open_);
+            open_.reset();
+        }
         return cfg_.io->flush();
     }
 
@@ -344,6 +351,7 @@ private:
         std::uint32_t writers = 0; // reservations not yet committed or aborted
         bool seal_pending = false; // full; summary written once writers == 0
         bool sealed = false;
+        bool unsummarised = false;     // recovered by a scan: summarised at the next clean shutdown
         std::vector<std::string> keys; // index keys written here (some may have moved on)
     };
 
@@ -577,9 +585,10 @@ private:
             ++rs.corrupt_records; // a damaged summary; the scan below still finds the records
         }
         ++rs.regions_scanned;
-        // No summary is written here: writes of a killed process may still be landing in this
+        // No summary is written now: writes of a killed process may still be landing in this
         // region's tail (io_uring requests outlive their process), and a summary there could
-        // meet them. The region is scanned again at the next start; only open regions are.
+        // meet them. It is written at the next clean shutdown (seal_open_region).
+        r.unsummarised = true;
         return scan_region(id, rs);
     }
 
