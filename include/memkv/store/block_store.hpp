@@ -4,6 +4,7 @@
 #pragma once
 
 #include <memkv/concepts.hpp>
+#include <memkv/detail/busy_wait.hpp>
 #include <memkv/detail/log.hpp>
 #include <memkv/detail/socket.hpp>
 #include <memkv/detail/uring.hpp>
@@ -325,24 +326,27 @@ private:
         // A server killed a moment ago holds the device until the kernel has finished its
         // in-flight I/O: wait for that (up to 10 s) rather than fail, and never read the
         // device while such writes may still land on it.
-        for (int attempt = 0;; ++attempt) {
-            d->fd.reset(::open(path.c_str(), O_RDWR | O_DIRECT | O_EXCL | O_CLOEXEC));
-            if (d->fd || errno != EBUSY || attempt == 200) break;
-            if (attempt == 0)
+        int open_err = 0;
+        detail::retry_while_busy(
+            std::chrono::seconds(10),
+            [&] {
+                d->fd.reset(::open(path.c_str(), O_RDWR | O_DIRECT | O_EXCL | O_CLOEXEC));
+                open_err = d->fd ? 0 : errno;
+                return open_err != EBUSY;
+            },
+            [&] {
                 detail::log_info("block_store: {} is busy; waiting up to 10 s for its holder to "
                                  "let go",
                                  path);
-            ::usleep(50000);
-        }
+            });
         if (!d->fd) {
-            const int err = errno;
-            if (err == EBUSY)
+            if (open_err == EBUSY)
                 detail::log_error("block_store: {} is busy: mounted, or held exclusively by "
                                   "another program",
                                   path);
             else
-                detail::log_error("block_store: cannot open {}: {}", path, std::strerror(err));
-            return errno_code(err);
+                detail::log_error("block_store: cannot open {}: {}", path, std::strerror(open_err));
+            return errno_code(open_err);
         }
         int lbs = 0, pbs = 0;
         if (::ioctl(d->fd.get(), BLKGETSIZE64, &d->size) != 0 ||

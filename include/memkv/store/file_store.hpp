@@ -4,6 +4,7 @@
 #pragma once
 
 #include <memkv/concepts.hpp>
+#include <memkv/detail/busy_wait.hpp>
 #include <memkv/detail/log.hpp>
 #include <memkv/detail/socket.hpp>
 #include <memkv/detail/uring.hpp>
@@ -346,37 +347,38 @@ private:
         fl.l_whence = SEEK_SET;
         fl.l_start = static_cast<off_t>(offset);
         fl.l_len = static_cast<off_t>(length);
-        const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(wait_ms);
-        for (bool waiting = false;;) {
+        result<void> out;
+        bool waited = false;
+        auto attempt = [&] {
             if (::fcntl(fd, F_OFD_SETLK, &fl) == 0) {
-                if (waiting) detail::log_info("file_store: {}: got the lock", path);
-                return {};
+                if (waited) detail::log_info("file_store: {}: got the lock", path);
+                return true;
             }
             const int err = errno;
+            if (err == EAGAIN || err == EACCES) return false; // held by another open: wait
             if (err == ENOLCK || err == EOPNOTSUPP) {
                 detail::log_warn("file_store: {} cannot be locked ({}): nothing stops another "
                                  "memkv-server from using it at the same time",
                                  path, std::strerror(err));
-                return {};
-            }
-            if (err != EAGAIN && err != EACCES) {
+            } else {
                 detail::log_error("file_store: cannot lock {}: {}", path, std::strerror(err));
-                return errno_code(err);
+                out = errno_code(err);
             }
-            if (std::chrono::steady_clock::now() >= deadline) {
-                detail::log_error("file_store: file {} is in use by another memkv-server (bytes "
-                                  "[{}, {}) are locked by another open of it; waited {} ms)",
-                                  path, offset, offset + length, wait_ms);
-                return errno_code(EBUSY);
-            }
-            if (!waiting)
-                detail::log_info("file_store: {} is locked by another open of it (a server "
-                                 "that is still running, or one killed with writes in flight); "
-                                 "waiting up to {} ms",
+            return true;
+        };
+        const bool done =
+            detail::retry_while_busy(std::chrono::milliseconds(wait_ms), attempt, [&] {
+                waited = true;
+                detail::log_info("file_store: {} is locked by another open of it (a server that is "
+                                 "still running, or one killed with writes in flight); waiting up "
+                                 "to {} ms",
                                  path, wait_ms);
-            waiting = true;
-            ::usleep(50000);
-        }
+            });
+        if (done) return out;
+        detail::log_error("file_store: file {} is in use by another memkv-server (bytes [{}, {}) "
+                          "are locked by another open of it; waited {} ms)",
+                          path, offset, offset + length, wait_ms);
+        return errno_code(EBUSY);
     }
 
     static result<void> preallocate(int fd, const std::string& path, std::uint64_t from,
