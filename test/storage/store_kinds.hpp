@@ -6,6 +6,8 @@
 // Each owns its file or device and removes it on destruction, whatever happened in between.
 #pragma once
 
+#include "support/loop_device.hpp"
+
 #include <memkv/memkv.hpp>
 
 #include <fcntl.h>
@@ -22,25 +24,6 @@
 #include <utility>
 
 namespace memkv::test {
-
-inline std::string test_dir_base() {
-    const char* base = std::getenv("MEMKV_TEST_DIR");
-    return base && *base ? base : "/var/tmp";
-}
-
-/// Runs a shell command; returns its stdout (trailing newlines removed) and exit status.
-inline std::pair<std::string, int> run_command(const std::string& cmd) {
-    std::string out;
-    FILE* f = ::popen(cmd.c_str(), "r");
-    if (f == nullptr) return {"", -1};
-    char buf[256];
-    while (std::fgets(buf, sizeof buf, f) != nullptr)
-        out += buf;
-    const int st = ::pclose(f);
-    while (!out.empty() && (out.back() == '\n' || out.back() == '\r'))
-        out.pop_back();
-    return {out, WIFEXITED(st) ? WEXITSTATUS(st) : -1};
-}
 
 /// Bytes the filesystem has allocated to `path` (st_blocks * 512), and its size.
 struct allocation {
@@ -103,45 +86,14 @@ public:
     static constexpr const char* name = "block_store";
 
     static std::optional<block_kind> make(std::uint64_t capacity, std::string& why) {
-        if (::geteuid() != 0 || ::access("/dev/loop-control", F_OK) != 0) {
-            why = "loop devices need root and /dev/loop-control";
-            return std::nullopt;
-        }
-        block_kind k;
-        k.file_ = test_dir_base() + "/memkv-persist-loop-XXXXXX";
-        const int fd = ::mkstemp(k.file_.data());
-        if (fd < 0) {
-            k.file_.clear();
-            why = "cannot create a backing file under " + test_dir_base();
-            return std::nullopt;
-        }
-        const bool sized = ::fallocate(fd, 0, 0, static_cast<off_t>(capacity)) == 0 ||
-                           ::ftruncate(fd, static_cast<off_t>(capacity)) == 0;
-        ::close(fd);
-        if (!sized) {
-            why = "cannot size the backing file " + k.file_;
-            return std::nullopt;
-        }
-        auto [dev, rc] =
-            run_command("losetup --find --show --direct-io=on '" + k.file_ + "' 2>/dev/null");
-        if (rc != 0 || dev.rfind("/dev/", 0) != 0) {
-            why = "cannot create a loop device (losetup)";
-            return std::nullopt;
-        }
-        k.dev_ = dev;
-        return k;
-    }
-    block_kind(block_kind&& o) noexcept
-        : file_(std::exchange(o.file_, {})), dev_(std::exchange(o.dev_, {})) {}
-    block_kind& operator=(block_kind&&) = delete;
-    ~block_kind() {
-        if (!dev_.empty()) (void)run_command("losetup -d " + dev_ + " 2>/dev/null");
-        if (!file_.empty()) ::unlink(file_.c_str());
+        auto loop = loop_device::create(capacity, true, why);
+        if (!loop) return std::nullopt;
+        return block_kind(std::move(*loop));
     }
 
     server_type::store_config store_config() const {
         block_store::config c;
-        c.devices = {dev_};
+        c.devices = {loop_.path()};
 #if !defined(MEMKV_HAS_BLKID)
         c.format = true; // without libblkid every device is refused unless formatting
 #endif
@@ -149,16 +101,15 @@ public:
     }
     /// The loop device's backing file: the device's discards punch holes in it.
     std::string backing_file() const {
-        return file_;
+        return loop_.backing_file();
     }
     std::string describe() const {
-        return dev_ + " over " + file_;
+        return loop_.path() + " over " + loop_.backing_file();
     }
 
 private:
-    block_kind() = default;
-    std::string file_;
-    std::string dev_;
+    explicit block_kind(loop_device loop) : loop_(std::move(loop)) {}
+    loop_device loop_;
 };
 
 } // namespace memkv::test

@@ -5,7 +5,7 @@
 // 0) they are on normal pages. Either way values round-trip. Both settings are restored on
 // every exit from a test, failures included. Skipped (77) where they cannot be changed or the
 // kernel reserves too few pages.
-#include "storage/skip.hpp"
+#include "support/skip.hpp"
 #include "storage/store_kinds.hpp"
 #include "support/catch.hpp"
 #include "support/integration.hpp"

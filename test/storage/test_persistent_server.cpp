@@ -6,7 +6,7 @@
 // restart after clean shutdown with identical contents, and filling a small store past its
 // capacity (FIFO region eviction, TRIM seen as holes in the file / the loop's backing file).
 // CTest runs the two kinds as two tests; the block one skips (77) without loop devices.
-#include "storage/skip.hpp"
+#include "support/skip.hpp"
 #include "storage/store_kinds.hpp"
 #include "support/catch.hpp"
 #include "support/integration.hpp"

@@ -3,6 +3,7 @@
 // refusal of a device carrying ext4, a JBOF of two devices, exclusive ownership (O_EXCL).
 // Backing files live in $MEMKV_TEST_DIR, default /var/tmp.
 #include "support/catch.hpp"
+#include "support/loop_device.hpp"
 #include "support/seed.hpp"
 
 #include <memkv/detail/buffer_pool.hpp>
@@ -33,60 +34,14 @@ namespace {
 
 constexpr std::uint64_t KiB = 1024, MiB = 1024 * KiB;
 
-/// Runs a shell command; returns its stdout (trailing newline removed) and exit status.
-std::pair<std::string, int> run(const std::string& cmd) {
-    std::string out;
-    FILE* f = ::popen(cmd.c_str(), "r");
-    if (f == nullptr) return {"", -1};
-    char buf[256];
-    while (std::fgets(buf, sizeof buf, f) != nullptr)
-        out += buf;
-    const int st = ::pclose(f);
-    while (!out.empty() && (out.back() == '\n' || out.back() == '\r'))
-        out.pop_back();
-    return {out, WIFEXITED(st) ? WEXITSTATUS(st) : -1};
-}
-
-std::string test_dir_base() {
-    const char* base = std::getenv("MEMKV_TEST_DIR");
-    return base && *base ? base : "/var/tmp";
-}
-
-/// A loop device over a sparse backing file of `size` bytes (direct I/O on); detached and its
-/// file removed on destruction, whatever happened in between.
-class loop_device {
-public:
-    static std::optional<loop_device> create(std::uint64_t size) {
-        loop_device d;
-        d.file_ = test_dir_base() + "/memkv-loop-XXXXXX";
-        const int fd = ::mkstemp(d.file_.data());
-        if (fd < 0) return std::nullopt;
-        const bool sized = ::ftruncate(fd, static_cast<off_t>(size)) == 0;
-        ::close(fd);
-        if (!sized) return std::nullopt;
-        auto [dev, rc] = run("losetup --find --show --direct-io=on '" + d.file_ + "' 2>/dev/null");
-        if (rc != 0 || dev.rfind("/dev/", 0) != 0) return std::nullopt;
-        d.dev_ = dev;
-        return d;
-    }
-    loop_device(loop_device&& o) noexcept
-        : file_(std::exchange(o.file_, {})), dev_(std::exchange(o.dev_, {})) {}
-    loop_device& operator=(loop_device&&) = delete;
-    ~loop_device() {
-        if (!dev_.empty()) (void)run("losetup -d " + dev_ + " 2>/dev/null");
-        if (!file_.empty()) ::unlink(file_.c_str());
-    }
-    const std::string& path() const { return dev_; }
-    const std::string& backing_file() const { return file_; }
-
-private:
-    loop_device() = default;
-    std::string file_;
-    std::string dev_;
-};
+using memkv::test::loop_device;
+using memkv::test::run_command;
+using memkv::test::test_dir_base;
 
 loop_device make_loop(std::uint64_t size) {
-    auto d = loop_device::create(size);
+    std::string why;
+    auto d = loop_device::create(size, false, why);
+    INFO(why);
     REQUIRE(d.has_value());
     return std::move(*d);
 }
@@ -188,12 +143,9 @@ bool device_holds(const std::string& dev, std::uint64_t offset, std::uint64_t le
 namespace memkv::test {
 /// Loop devices need root, /dev/loop-control and losetup: skip (77) without them.
 int probe_requirements() {
-    if (::geteuid() != 0 || ::access("/dev/loop-control", F_OK) != 0) {
-        std::fprintf(stderr, "skipped: loop devices need root and /dev/loop-control\n");
-        return 77;
-    }
-    if (!loop_device::create(1 * MiB)) {
-        std::fprintf(stderr, "skipped: cannot create a loop device (losetup)\n");
+    std::string why;
+    if (!loop_device::create(1 * MiB, false, why)) {
+        std::fprintf(stderr, "skipped: %s\n", why.c_str());
         return 77;
     }
     return 0;
@@ -284,7 +236,7 @@ TEST_CASE("block_store refuses a loop device carrying ext4, and takes it when to
         WARN("built without libblkid: signatures are not checked");
         return;
     }
-    if (run("command -v mkfs.ext4 >/dev/null 2>&1").second != 0) {
+    if (run_command("command -v mkfs.ext4 >/dev/null 2>&1").second != 0) {
         WARN("mkfs.ext4 not found: not checked");
         return;
     }
@@ -294,7 +246,7 @@ TEST_CASE("block_store refuses a loop device carrying ext4, and takes it when to
         auto s = block_store::create({.devices = {loop.path()}});
         REQUIRE(s);
     }
-    REQUIRE(run("mkfs.ext4 -q -F " + loop.path() + " >/dev/null 2>&1").second == 0);
+    REQUIRE(run_command("mkfs.ext4 -q -F " + loop.path() + " >/dev/null 2>&1").second == 0);
     auto refused = block_store::create({.devices = {loop.path()}});
     REQUIRE_FALSE(refused);
     REQUIRE(refused.error() == memkv::errc::rejected);
@@ -310,7 +262,7 @@ TEST_CASE("block_store refuses a loop device carrying ext4, and takes it when to
                 }) == static_cast<std::int64_t>(MiB));
     }
     // format erased the ext4 signature: the device is no longer taken for a filesystem.
-    REQUIRE(run("blkid -p " + loop.path() + " >/dev/null 2>&1").second != 0);
+    REQUIRE(run_command("blkid -p " + loop.path() + " >/dev/null 2>&1").second != 0);
     auto again = block_store::create({.devices = {loop.path()}});
     REQUIRE(again);
 }

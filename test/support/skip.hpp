@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 // Skipping a test case that needs what this machine lacks (loop devices, hugepages, root):
-// Catch2 2.x has no SKIP, so storage_main.cpp exits 77 (CTest: skipped) when no test failed and
+// Catch2 2.x has no SKIP, so uring_main.cpp exits 77 (CTest: skipped) when no test failed and
 // at least one skipped. Register each hardware-dependent part as its own CTest test.
 #pragma once
 
