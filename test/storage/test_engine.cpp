@@ -81,6 +81,24 @@ std::uint64_t sum(const faulty_server& s, std::atomic<std::uint64_t> shard_count
     return n;
 }
 
+/// Device offsets of every block that starts with the record magic.
+std::vector<std::uint64_t> record_headers(const shared_memory_device& dev) {
+    std::vector<std::uint64_t> out;
+    for (std::uint64_t off = storage::data_offset; off < device_size; off += storage::meta_block) {
+        std::uint32_t magic;
+        std::memcpy(&magic, dev.data + off, 4);
+        if (magic == storage::record_magic) out.push_back(off);
+    }
+    return out;
+}
+
+/// Zeroes every region trailer (small_config's 8 MiB regions): recovery must scan, as after a
+/// crash.
+void wipe_trailers(shared_memory_device& dev) {
+    for (std::uint64_t r = storage::data_offset; r + (8u << 20) <= device_size; r += 8u << 20)
+        std::memset(dev.data + r + (8u << 20) - storage::meta_block, 0, storage::meta_block);
+}
+
 } // namespace
 
 TEST_CASE("values survive a clean restart exactly, deletes stay deleted", "[storage][restart]") {
@@ -389,13 +407,7 @@ TEST_CASE("damaged records are counted misses and the server still starts",
             r.srv->stop();
         }
         // Find the record headers by their magic and damage some records in every way.
-        std::vector<std::uint64_t> headers;
-        for (std::uint64_t off = storage::data_offset; off < device_size;
-             off += storage::meta_block) {
-            std::uint32_t magic;
-            std::memcpy(&magic, dev->data + off, 4);
-            if (magic == storage::record_magic) headers.push_back(off);
-        }
+        const auto headers = record_headers(*dev);
         REQUIRE(headers.size() >= 41);
         const std::uint64_t value = storage::meta_block, len = 64 << 10;
         dev->data[headers[1] + value + 100] ^= std::byte{0x40};                   // flipped byte
@@ -405,11 +417,7 @@ TEST_CASE("damaged records are counted misses and the server still starts",
         // copied to another key's place
         std::memcpy(dev->data + headers[7], dev->data + headers[0], value + len); // an old
         // version (c0 v1) copied over a newer record
-        if (scan) // wipe every region trailer: recovery must scan
-            for (std::uint64_t r = storage::data_offset; r + (8u << 20) <= device_size;
-                 r += 8u << 20)
-                std::memset(dev->data + r + (8u << 20) - storage::meta_block, 0,
-                            storage::meta_block);
+        if (scan) wipe_trailers(*dev); // recovery must scan
         auto r = start(dev, plan, small_config(1));
         int misses = 0, hits = 0;
         for (const auto& key : keys) {
@@ -450,17 +458,11 @@ TEST_CASE("a record whose header landed without its value is skipped and the old
         r.cl.reset();
         r.srv->stop();
     }
-    std::vector<std::uint64_t> headers;
-    for (std::uint64_t off = storage::data_offset; off < device_size; off += storage::meta_block) {
-        std::uint32_t magic;
-        std::memcpy(&magic, dev->data + off, 4);
-        if (magic == storage::record_magic) headers.push_back(off);
-    }
+    const auto headers = record_headers(*dev);
     REQUIRE(headers.size() == 2);
     // Version 2's last chunk never landed: what the region held before (zeros here).
     std::memset(dev->data + headers[1] + storage::meta_block + (512 << 10), 0, 64 << 10);
-    for (std::uint64_t r = storage::data_offset; r + (8u << 20) <= device_size; r += 8u << 20)
-        std::memset(dev->data + r + (8u << 20) - storage::meta_block, 0, storage::meta_block);
+    wipe_trailers(*dev);
     auto r = start(dev, plan, small_config(1));
     CHECK(r.srv->recovered().corrupt_records == 1);
     auto g = r.cl->get("k");
