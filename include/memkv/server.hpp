@@ -84,7 +84,10 @@ public:
             auto st = Store::create(sc);
             if (!st) return st.error();
             if constexpr (!persistent) window = st->capacity() / sb.region_size * sb.region_size;
-            auto pool = detail::buffer_pool::create({c.buffer_size, c.buffers_per_shard, true});
+            // Headroom for a record header: a value that fits one buffer goes out with its
+            // header in one write.
+            auto pool = detail::buffer_pool::create(
+                {c.buffer_size, c.buffers_per_shard, true, storage::meta_block});
             if (!pool) return pool.error();
             s->shards_.push_back(std::make_unique<shard_type>(i, c.shards, s->cfg_, std::move(*st),
                                                               std::move(*pool), s->counters_[i]));

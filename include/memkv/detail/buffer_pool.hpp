@@ -24,17 +24,25 @@ public:
         std::size_t buffer_size = 1u << 20; ///< bytes per buffer (multiple of 4096)
         std::size_t count = 64;             ///< buffers in the pool
         bool try_hugepages = true;
+        /// Bytes before each buffer that its holder may also use (multiple of 4096): e.g. a
+        /// record header written in one I/O with the value behind it.
+        std::size_t headroom = 0;
     };
 
     static result<buffer_pool> create(const config& cfg) noexcept {
-        if (cfg.buffer_size == 0 || cfg.buffer_size % 4096 != 0 || cfg.count == 0)
+        if (cfg.buffer_size == 0 || cfg.buffer_size % 4096 != 0 || cfg.count == 0 ||
+            cfg.headroom % 4096 != 0)
             return errc::invalid_argument;
         buffer_pool p;
         p.buffer_size_ = cfg.buffer_size;
-        p.bytes_ = cfg.buffer_size * cfg.count;
-        void* mem = MAP_FAILED;
+        p.headroom_ = cfg.headroom;
+        p.count_ = cfg.count;
+        const std::size_t stride = cfg.buffer_size + cfg.headroom;
         constexpr std::size_t huge = 2u << 20;
-        if (cfg.try_hugepages && p.bytes_ % huge == 0) {
+        p.bytes_ = stride * cfg.count;
+        if (cfg.try_hugepages) p.bytes_ = (p.bytes_ + huge - 1) / huge * huge;
+        void* mem = MAP_FAILED;
+        if (cfg.try_hugepages) {
             mem = ::mmap(nullptr, p.bytes_, PROT_READ | PROT_WRITE,
                          MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | MAP_POPULATE, -1, 0);
             p.hugepages_ = mem != MAP_FAILED;
@@ -47,7 +55,8 @@ public:
         }
         p.base_ = static_cast<std::byte*>(mem);
         p.free_.reserve(cfg.count);
-        for (std::size_t i = cfg.count; i-- > 0;) p.free_.push_back(p.base_ + i * cfg.buffer_size);
+        for (std::size_t i = cfg.count; i-- > 0;)
+            p.free_.push_back(p.base_ + i * stride + cfg.headroom);
         return p;
     }
 
@@ -75,7 +84,9 @@ public:
     void release(std::byte* b) noexcept { free_.push_back(b); }
 
     std::size_t buffer_size() const noexcept { return buffer_size_; }
-    std::size_t capacity() const noexcept { return bytes_ / (buffer_size_ ? buffer_size_ : 1); }
+    std::size_t capacity() const noexcept { return count_; }
+    /// Bytes before each buffer that belong to it (config::headroom).
+    std::size_t headroom() const noexcept { return headroom_; }
     std::size_t available() const noexcept { return free_.size(); }
     /// The most buffers ever in use at once.
     std::size_t high_water() const noexcept { return high_water_; }
@@ -88,6 +99,8 @@ private:
         std::swap(base_, o.base_);
         std::swap(bytes_, o.bytes_);
         std::swap(buffer_size_, o.buffer_size_);
+        std::swap(headroom_, o.headroom_);
+        std::swap(count_, o.count_);
         std::swap(free_, o.free_);
         std::swap(high_water_, o.high_water_);
         std::swap(hugepages_, o.hugepages_);
@@ -96,6 +109,8 @@ private:
     std::byte* base_ = nullptr;
     std::size_t bytes_ = 0;
     std::size_t buffer_size_ = 0;
+    std::size_t headroom_ = 0;
+    std::size_t count_ = 0;
     std::vector<std::byte*> free_;
     std::size_t high_water_ = 0;
     bool hugepages_ = false;

@@ -815,7 +815,7 @@ private:
             // The header goes out beside the value's last writes rather than after them: one
             // device round trip per put instead of two. Recovery checks the value's chunk CRCs
             // of every record it scans, so a header whose value never landed is skipped.
-            if (!op->failed) write_header(op);
+            if (!op->failed && op->stage == put_op::phase::value) write_header(op);
             if (op->writes == 0) advance(op);
         }
     }
@@ -845,17 +845,29 @@ private:
             release_buffer(c.id, b);
             return;
         }
+        // A whole value in one buffer: its header goes in the buffer's headroom, and header
+        // and value go out in one write (the header block sits right before the value).
+        const bool whole =
+            op->buf_value_off == 0 && op->fill == op->ticket.value_len &&
+            pool_.headroom() >= storage::meta_block &&
+            op->ticket.header_offset + storage::meta_block == op->ticket.value_offset;
+        std::span<const std::byte> out(b, len);
+        std::uint64_t at = op->ticket.value_offset + op->buf_value_off;
+        if (whole) {
+            std::byte* h = b - storage::meta_block;
+            build_header(*op, std::span<std::byte, storage::meta_block>(h, storage::meta_block));
+            out = {h, storage::meta_block + len};
+            at = op->ticket.header_offset;
+        }
         const auto tag = ++next_tag_;
-        auto r = store_.write(op->ticket.value_offset + op->buf_value_off,
-                              std::span<const std::byte>(b, len), tag);
-        if (!r) {
+        if (auto r = store_.write(at, out, tag); !r) {
             op->failed = r.error();
             release_buffer(c.id, b);
             return;
         }
-        counters_.bytes_written.fetch_add(len, std::memory_order_relaxed);
+        counters_.bytes_written.fetch_add(out.size(), std::memory_order_relaxed);
         ++op->writes;
-        inflight_io_.emplace(tag, io_ctx{op, nullptr, b, len});
+        inflight_io_.emplace(tag, io_ctx{op, nullptr, b, out.size()});
     }
 
     /// Returns a buffer to the pool and wakes the connections that paused for one (they retry
@@ -917,12 +929,12 @@ private:
         if (op->next) release_buffer(op->conn_id, std::exchange(op->next, nullptr));
         auto* c = find_conn(op->conn_id);
         if (!op->failed && !c) op->failed = make_error_code(errc::closed);
-        if (op->failed && op->header && !op->header_voided) {
+        if (op->failed && op->stage != put_op::phase::value && !op->header_voided) {
             // The header went out beside the value; if it landed, a restart would find the
             // record of a put answered with an error. Zero it first (best effort: on error the
             // value's chunk CRCs, checked at recovery, are what is left).
             op->header_voided = true;
-            std::memset(op->header->data(), 0, op->header->size());
+            op->header = std::make_unique<storage::aligned_buffer>(storage::meta_block);
             const auto tag = ++next_tag_;
             if (store_.write(op->ticket.header_offset, op->header->span(), tag)) {
                 ++op->writes;
@@ -962,12 +974,18 @@ private:
     /// Writes the record's header block once every byte of its value has arrived (the last
     /// chunk's CRC is complete then).
     void write_header(const std::shared_ptr<put_op>& op) {
-        if (op->crc_len > 0) op->info.crcs.push_back(op->crc);
-        op->crc_len = 0;
-        op->stage = put_op::phase::header;
         op->header = std::make_unique<storage::aligned_buffer>(storage::meta_block);
-        engine_.header_block(op->ticket, op->info, op->header->block());
+        build_header(*op, op->header->block());
         submit_write(op, op->ticket.header_offset, op->header->span());
+    }
+
+    /// Completes the value's chunk CRCs and encodes the record's header block into `out`; the
+    /// put is then in its header phase.
+    void build_header(put_op& op, std::span<std::byte, storage::meta_block> out) {
+        if (op.crc_len > 0) op.info.crcs.push_back(op.crc);
+        op.crc_len = 0;
+        op.stage = put_op::phase::header;
+        engine_.header_block(op.ticket, op.info, out);
     }
 
     void submit_write(const std::shared_ptr<put_op>& op, std::uint64_t offset,
