@@ -33,8 +33,11 @@
 #   store file; at least 2 x WORKING_SET), WORKING_SET (2G: fio's file, and memkv's key space
 #   per block size), BUILD_JOBS (nproc), RESULTS_DIR
 #   (BUILD_DIR/bench-vs-fio: per-run JSON and logs kept there), SERVER_ARGS (extra
-#   memkv-server flags, e.g. SERVER_ARGS=--no-trim).
-# Default run time: about 3 runs x (6 memkv cells + 6 fio cells) x 5 s plus start-up, ~4-5 min.
+#   memkv-server flags, e.g. SERVER_ARGS=--no-trim), LAYOUT (1: write the store file with
+#   zeros before the server starts, as fio lays out its file before its jobs; 0: a fresh,
+#   fallocate'd store file whose first pass is part of the first write cell).
+# Default run time: about 3 runs x (6 memkv cells + 6 fio cells) x 5 s plus start-up and the
+# store's layout (CAPACITY written once per run), ~5-6 min.
 # Exit status: 0 when every memkv-bench and fio run succeeded, 1 otherwise (the table is printed
 # anyway), 2 on bad settings.
 set -euo pipefail
@@ -50,6 +53,7 @@ SECONDS_PER_CELL=${CELL_SECONDS:-5}
 SHARDS=${SHARDS:-2}
 CAPACITY=${CAPACITY:-8G}
 WORKING_SET=${WORKING_SET:-2G}
+LAYOUT=${LAYOUT:-1}
 BUILD_JOBS=${BUILD_JOBS:-$(nproc)}
 RESULTS_DIR=${RESULTS_DIR:-$BUILD_DIR/bench-vs-fio}
 BENCH_ARGS=("$@")
@@ -63,6 +67,10 @@ for tool in cmake ninja fio python3 df; do
         exit 1
     fi
 done
+if [[ $LAYOUT != 0 && $LAYOUT != 1 ]]; then
+    log "LAYOUT must be 0 or 1 (got '$LAYOUT')"
+    exit 2
+fi
 for n in RUNS THREADS INFLIGHT SECONDS_PER_CELL SHARDS BUILD_JOBS; do
     if ! [[ ${!n} =~ ^[1-9][0-9]*$ ]]; then
         log "$n must be a positive integer (got '${!n}')"
@@ -124,6 +132,17 @@ log "scratch directory $scratch ($fs)"
 run_memkv() { # $1: run number; writes $RESULTS_DIR/memkv-$1-SIZE.json; non-zero on failure
     local portfile="$RESULTS_DIR/server-$1.port" srv_pid endpoint status=0 s keys _
     rm -f "$scratch/store"
+    if [[ $LAYOUT == 1 ]]; then
+        # Written zeros, as fio lays out its file before its jobs: both then overwrite written
+        # blocks. (A fresh store file is fallocate'd: ext4 converts its unwritten extents as
+        # the first pass writes them, which is slower.)
+        local blocks=$(((capacity_bytes + (64 << 20) - 1) >> 26)) # of 64 MiB
+        if ! dd if=/dev/zero of="$scratch/store" bs=64M count="$blocks" oflag=direct \
+            status=none; then
+            log "laying out $scratch/store failed (LAYOUT=0 skips it)"
+            return 1
+        fi
+    fi
     "$server" --listen 127.0.0.1:0 --port-file "$portfile" --shards "$SHARDS" --store file \
         --path "$scratch/store" --capacity "$CAPACITY" "${server_args[@]}" \
         2>"$RESULTS_DIR/server-$1.log" &
@@ -217,7 +236,8 @@ echo
 echo "Machine: $(nproc) CPUs ($cpu), Linux $(uname -r); memkv's client and server share them."
 echo "Filesystem: $fs ($(findmnt -no OPTIONS -T "$scratch" 2>/dev/null || echo '?'))."
 echo "memkv: memkv-bench over 127.0.0.1 against memkv-server --store file ($SHARDS shards," \
-    "$CAPACITY file${SERVER_ARGS:+, $SERVER_ARGS}), $THREADS threads x $INFLIGHT in flight;" \
+    "$CAPACITY file$([[ $LAYOUT == 1 ]] && echo ', laid out with zeros first')${SERVER_ARGS:+, $SERVER_ARGS})," \
+    "$THREADS threads x $INFLIGHT in flight;" \
     "$(fio --version):" \
     "--direct=1 --ioengine=io_uring, numjobs=$THREADS x iodepth=$INFLIGHT;" \
     "${SECONDS_PER_CELL} s per cell; both over $WORKING_SET of data per block size."

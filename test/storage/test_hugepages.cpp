@@ -153,8 +153,8 @@ TEST_CASE("with hugepages reserved, a server's bounce buffers are hugepage-backe
     if (auto why = cannot_change_hugepages(); !why.empty()) MEMKV_SKIP(why);
     const long page_kb = *meminfo("Hugepagesize");
     const long pool_pages =
-        static_cast<long>((buffers * (MiB + 4096) + page_kb * 1024 - 1) /
-                          (page_kb * 1024)); // per shard (a buffer has 4 KiB of headroom)
+        static_cast<long>((buffers * (MiB + memkv::storage::meta_block) + page_kb * 1024 - 1) /
+                          (page_kb * 1024)); // per shard (each buffer has a header's headroom)
     const long need = shards * pool_pages;
     sysctl_guard reserved(nr_hugepages);
     REQUIRE(reserved.old());

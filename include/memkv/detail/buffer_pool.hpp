@@ -16,8 +16,10 @@ namespace memkv::detail {
 
 /// Fixed-size buffers carved from one mapping made at creation; nothing is allocated afterwards.
 /// The mapping uses MAP_HUGETLB when hugepages are reserved, else normal pages with
-/// MADV_HUGEPAGE. Not thread-safe: one shard owns a pool. Buffers are aligned to 4 KiB at least
-/// (2 MiB with hugepages), so they satisfy O_DIRECT.
+/// MADV_HUGEPAGE. Not thread-safe: one shard owns a pool. Buffer i starts at
+/// i * stride() + headroom() in the mapping: aligned to 4 KiB, so it satisfies O_DIRECT. With
+/// hugepages the mapping is rounded up to 2 MiB: a server shard (64 buffers of 1 MiB + 4 KiB of
+/// headroom) takes ceil(64 * (1 MiB + 4 KiB) / 2 MiB) = 33 hugepages.
 class buffer_pool {
 public:
     struct config {
@@ -87,6 +89,8 @@ public:
     std::size_t capacity() const noexcept { return count_; }
     /// Bytes before each buffer that belong to it (config::headroom).
     std::size_t headroom() const noexcept { return headroom_; }
+    /// Distance between two buffers (buffer_size() + headroom()).
+    std::size_t stride() const noexcept { return buffer_size_ + headroom_; }
     std::size_t available() const noexcept { return free_.size(); }
     /// The most buffers ever in use at once.
     std::size_t high_water() const noexcept { return high_water_; }

@@ -862,6 +862,7 @@ private:
         const auto tag = ++next_tag_;
         if (auto r = store_.write(at, out, tag); !r) {
             op->failed = r.error();
+            if (whole) op->stage = put_op::phase::value; // the header never went out
             release_buffer(c.id, b);
             return;
         }
@@ -882,9 +883,15 @@ private:
     /// Registers the pool with the store's io_uring; without it I/O still works, pinning pages
     /// per operation (e.g. when RLIMIT_MEMLOCK is too small).
     void register_pool() {
+        // In pieces of whole buffers (with their headroom) of at most 1 GiB, the kernel's limit
+        // per registered buffer: an I/O must lie inside one piece to use it.
         const auto m = pool_.memory();
-        const iovec region{m.data(), m.size()};
-        if (auto r = store_.register_buffers({&region, 1}); !r) {
+        const std::size_t piece =
+            std::max<std::size_t>(1, (1ull << 30) / pool_.stride()) * pool_.stride();
+        std::vector<iovec> pieces;
+        for (std::size_t at = 0; at < m.size(); at += piece)
+            pieces.push_back({m.data() + at, std::min(piece, m.size() - at)});
+        if (auto r = store_.register_buffers(pieces); !r) {
             log_warn("shard {}: buffers not registered with io_uring ({}): I/O runs without fixed "
                      "buffers",
                      index_, r.error().message());

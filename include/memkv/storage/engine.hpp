@@ -317,7 +317,10 @@ public:
     result<void> seal_open_region() {
         for (auto id : sealed_)
             if (regions_[id].unsummarised && regions_[id].writers == 0) {
-                MEMKV_TRY(seal(id));
+                // Best effort: without its summary the region is scanned again next time.
+                if (auto r = seal(id); !r)
+                    detail::log_warn("region {}: writing its summary failed: {}", id,
+                                     r.error().message());
                 regions_[id].unsummarised = false;
             }
         if (open_) {
