@@ -22,10 +22,14 @@ enum class transport_kind : std::uint8_t { tcp = 1, unix_socket = 2, shm = 3, rd
 /// The name of a transport kind as MEMKV_TRANSPORT spells it.
 constexpr std::string_view transport_name(transport_kind k) noexcept {
     switch (k) {
-    case transport_kind::tcp: return "tcp";
-    case transport_kind::unix_socket: return "unix";
-    case transport_kind::shm: return "shm";
-    case transport_kind::rdma: return "rdma";
+    case transport_kind::tcp:
+        return "tcp";
+    case transport_kind::unix_socket:
+        return "unix";
+    case transport_kind::shm:
+        return "shm";
+    case transport_kind::rdma:
+        return "rdma";
     }
     return "?";
 }

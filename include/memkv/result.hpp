@@ -19,7 +19,9 @@ struct failure {
 };
 
 namespace detail {
-[[noreturn]] inline void bad_result_access() noexcept { std::abort(); }
+[[noreturn]] inline void bad_result_access() noexcept {
+    std::abort();
+}
 } // namespace detail
 
 template <class T>
@@ -83,12 +85,12 @@ public:
     result(const T& v) : v_(std::in_place_index<0>, v) {}
     result(T&& v) : v_(std::in_place_index<0>, std::move(v)) {}
     template <class U>
-        requires(std::is_constructible_v<T, U&&> && !std::is_same_v<std::remove_cvref_t<U>, T> &&
-                 !std::is_same_v<std::remove_cvref_t<U>, result> &&
-                 !std::is_same_v<std::remove_cvref_t<U>, failure> &&
-                 !std::is_same_v<std::remove_cvref_t<U>, errc> &&
-                 !std::is_same_v<std::remove_cvref_t<U>, std::error_code>)
-    result(U&& v) : v_(std::in_place_index<0>, std::forward<U>(v)) {}
+    requires(std::is_constructible_v<T, U&&> && !std::is_same_v<std::remove_cvref_t<U>, T> &&
+             !std::is_same_v<std::remove_cvref_t<U>, result> &&
+             !std::is_same_v<std::remove_cvref_t<U>, failure> &&
+             !std::is_same_v<std::remove_cvref_t<U>, errc> &&
+             !std::is_same_v<std::remove_cvref_t<U>, std::error_code>) result(U&& v)
+        : v_(std::in_place_index<0>, std::forward<U>(v)) {}
     result(failure f) noexcept : v_(std::in_place_index<1>, f.code) {}
     result(errc e) noexcept : v_(std::in_place_index<1>, make_error_code(e)) {}
     result(std::error_code ec) noexcept : v_(std::in_place_index<1>, ec) {}
@@ -96,9 +98,18 @@ public:
     bool has_value() const noexcept { return v_.index() == 0; }
     explicit operator bool() const noexcept { return has_value(); }
 
-    T& value() & { check(); return *std::get_if<0>(&v_); }
-    const T& value() const& { check(); return *std::get_if<0>(&v_); }
-    T&& value() && { check(); return std::move(*std::get_if<0>(&v_)); }
+    T& value() & {
+        check();
+        return *std::get_if<0>(&v_);
+    }
+    const T& value() const& {
+        check();
+        return *std::get_if<0>(&v_);
+    }
+    T&& value() && {
+        check();
+        return std::move(*std::get_if<0>(&v_));
+    }
     T& operator*() & noexcept { return value(); }
     const T& operator*() const& noexcept { return value(); }
     T&& operator*() && noexcept { return std::move(*this).value(); }
@@ -155,7 +166,8 @@ private:
 /// Returns early from the enclosing function with the error of `expr` if it failed.
 #define MEMKV_TRY(expr)                                                                            \
     do {                                                                                           \
-        if (auto memkv_try_r_ = (expr); !memkv_try_r_) return ::memkv::failure(memkv_try_r_.error()); \
+        if (auto memkv_try_r_ = (expr); !memkv_try_r_)                                             \
+            return ::memkv::failure(memkv_try_r_.error());                                         \
     } while (0)
 
 } // namespace memkv

@@ -77,7 +77,8 @@ public:
         if (!payload.empty() && h.checksum == 0) h.checksum = crc32c(payload);
         std::span<std::byte, protocol::header_size> hdr(f.header);
         protocol::encode_header(h, hdr);
-        const auto mac = send_mac_.compute(send_seq_++, std::span(f.header, protocol::mac_offset), body);
+        const auto mac =
+            send_mac_.compute(send_seq_++, std::span(f.header, protocol::mac_offset), body);
         protocol::encode_mac(mac, hdr);
         f.body = std::move(body);
         f.payload = payload;
@@ -167,9 +168,7 @@ private:
     };
     enum class rstate { header, body, dispatch, payload };
 
-    static bool is_retry(std::error_code ec) noexcept {
-        return ec == make_error_code(errc::retry);
-    }
+    static bool is_retry(std::error_code ec) noexcept { return ec == make_error_code(errc::retry); }
     static std::size_t frame_size(const out_frame& f) noexcept {
         return protocol::header_size + f.body.size() + f.payload.size();
     }
@@ -187,7 +186,8 @@ private:
     /// Reads into the staging buffer, or straight into the payload target when a large payload
     /// is pending (with a small staging tail for the next header).
     result<std::size_t> read_more() noexcept {
-        if (rpos_ == rend_) rpos_ = rend_ = 0;
+        if (rpos_ == rend_)
+            rpos_ = rend_ = 0;
         else if (rpos_ > staging_size / 2) {
             std::memmove(staging_.data(), staging_.data() + rpos_, avail());
             rend_ -= rpos_;
@@ -306,7 +306,8 @@ private:
         tgt_idx_ = tgt_off_ = 0;
         if (!discarding_) {
             std::size_t cap = 0;
-            for (const auto& v : target_) cap += v.iov_len;
+            for (const auto& v : target_)
+                cap += v.iov_len;
             if (cap < cur_.payload_len) return errc::internal;
         }
         if (cur_.payload_len == 0) {

@@ -13,9 +13,9 @@ namespace memkv::detail {
 template <class... A>
 void log_line(const char* level, fmt::format_string<A...> f, A&&... a) {
     const auto now = std::chrono::system_clock::now();
-    const auto line = fmt::format("{:%Y-%m-%dT%H:%M:%S}Z {} {}\n",
-                                  std::chrono::floor<std::chrono::seconds>(now), level,
-                                  fmt::format(f, std::forward<A>(a)...));
+    const auto line =
+        fmt::format("{:%Y-%m-%dT%H:%M:%S}Z {} {}\n", std::chrono::floor<std::chrono::seconds>(now),
+                    level, fmt::format(f, std::forward<A>(a)...));
     std::fputs(line.c_str(), stderr);
 }
 template <class... A>

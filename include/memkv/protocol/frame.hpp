@@ -52,20 +52,22 @@ inline constexpr std::uint16_t all = 0x1f;
 /// A decoded frame header. Field meanings per opcode are in docs/protocol.md.
 struct frame_header {
     std::uint8_t version = version_max;
-    std::uint8_t op = 0;           ///< opcode, with reply_bit on replies
+    std::uint8_t op = 0; ///< opcode, with reply_bit on replies
     std::uint16_t flags = 0;
-    std::uint64_t request_id = 0;  ///< chosen by the client; never reused on a connection
-    std::uint32_t body_len = 0;    ///< MACed bytes after the header (keys, metadata, descriptors)
-    std::uint32_t aux = 0;         ///< key length / count / shard; the status (errc) in replies
-    std::uint64_t value_len = 0;   ///< total bytes of the value the operation moves
-    std::uint64_t offset = 0;      ///< range start (get) or payload offset (data, inline payload)
-    std::uint64_t length = 0;      ///< range length (get), TTL seconds (put), value size (get reply)
+    std::uint64_t request_id = 0; ///< chosen by the client; never reused on a connection
+    std::uint32_t body_len = 0;   ///< MACed bytes after the header (keys, metadata, descriptors)
+    std::uint32_t aux = 0;        ///< key length / count / shard; the status (errc) in replies
+    std::uint64_t value_len = 0;  ///< total bytes of the value the operation moves
+    std::uint64_t offset = 0;     ///< range start (get) or payload offset (data, inline payload)
+    std::uint64_t length = 0;     ///< range length (get), TTL seconds (put), value size (get reply)
     std::uint32_t payload_len = 0; ///< payload bytes after the body in this frame (not MACed)
     std::uint32_t checksum = 0;    ///< CRC32C of those payload bytes
     std::uint64_t mac = 0;         ///< truncated HMAC-SHA256, see auth/frame_mac.hpp
 
     bool is_reply() const noexcept { return (op & reply_bit) != 0; }
-    protocol::opcode code() const noexcept { return static_cast<protocol::opcode>(op & ~reply_bit); }
+    protocol::opcode code() const noexcept {
+        return static_cast<protocol::opcode>(op & ~reply_bit);
+    }
     /// The reply status (replies only): 0 for success, else a `memkv::errc` value.
     std::uint32_t status() const noexcept { return aux; }
 };
@@ -123,8 +125,7 @@ inline result<frame_header> decode_header(std::span<const std::byte, header_size
     if (h.payload_len > lim.max_chunk) return errc::too_large;
     if (h.value_len > lim.max_value) return errc::too_large;
     // A frame's payload must lie inside its value.
-    if (h.payload_len != 0 &&
-        (h.offset > h.value_len || h.payload_len > h.value_len - h.offset))
+    if (h.payload_len != 0 && (h.offset > h.value_len || h.payload_len > h.value_len - h.offset))
         return errc::protocol;
     return h;
 }

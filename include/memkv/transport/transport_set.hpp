@@ -18,8 +18,7 @@ namespace memkv {
 /// The endpoint, listener and stream are variants over the members'. `kind` is the first
 /// member's (the set's streams report their own kind()).
 template <transport... T>
-    requires(sizeof...(T) >= 1)
-struct transport_set {
+requires(sizeof...(T) >= 1) struct transport_set {
     static constexpr bool payload_inline = (T::payload_inline && ...);
     static_assert(payload_inline, "transports with out-of-band payloads need per-stream dispatch");
     static constexpr transport_kind kind = std::get<0>(std::tuple{T::kind...});
@@ -74,9 +73,7 @@ struct transport_set {
         std::string local_endpoint() const {
             return std::visit([](const auto& l) { return l.local_endpoint(); }, v_);
         }
-        result<stream> accept() noexcept {
-            return accept_impl(std::index_sequence_for<T...>{});
-        }
+        result<stream> accept() noexcept { return accept_impl(std::index_sequence_for<T...>{}); }
 
     private:
         template <std::size_t... I>
@@ -96,19 +93,18 @@ struct transport_set {
     /// Parses with the first member that accepts the text (see MEMKV_TRANSPORT above).
     static result<endpoint> parse(std::string_view text) noexcept {
         std::string_view only;
-        if (const char* env = std::getenv("MEMKV_TRANSPORT"); env && std::string_view(env) != "auto")
+        if (const char* env = std::getenv("MEMKV_TRANSPORT");
+            env && std::string_view(env) != "auto")
             only = env;
         return parse_impl(text, only, std::index_sequence_for<T...>{});
     }
     static bool is_loopback(const endpoint& ep) noexcept {
-        return visit_member(ep, [](auto tag, const auto& e) {
-            return decltype(tag)::type::is_loopback(e);
-        });
+        return visit_member(
+            ep, [](auto tag, const auto& e) { return decltype(tag)::type::is_loopback(e); });
     }
     static std::string to_string(const endpoint& ep) {
-        return visit_member(ep, [](auto tag, const auto& e) {
-            return decltype(tag)::type::to_string(e);
-        });
+        return visit_member(
+            ep, [](auto tag, const auto& e) { return decltype(tag)::type::to_string(e); });
     }
     static result<listener> listen(const endpoint& ep) noexcept {
         return listen_impl(ep, std::index_sequence_for<T...>{});

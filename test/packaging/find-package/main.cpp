@@ -45,8 +45,8 @@ int main() {
         std::fprintf(stderr, "memkv consumer: quarter(42) should fail with invalid_argument\n");
         return 1;
     }
-    std::printf("memkv consumer: quarter(84) = %d; quarter(42) -> %s: %s; umbrella header: %s\n", *ok,
-                bad.error().category().name(), bad.error().message().c_str(),
+    std::printf("memkv consumer: quarter(84) = %d; quarter(42) -> %s: %s; umbrella header: %s\n",
+                *ok, bad.error().category().name(), bad.error().message().c_str(),
                 MEMKV_CONSUMER_UMBRELLA ? "yes" : "absent");
     return 0;
 }
