@@ -859,16 +859,11 @@ private:
             out = {h, storage::meta_block + len};
             at = op->ticket.header_offset;
         }
-        const auto tag = ++next_tag_;
-        if (auto r = store_.write(at, out, tag); !r) {
-            op->failed = r.error();
+        if (auto ec = issue_write(op, at, out, b)) {
+            op->failed = ec;
             if (whole) op->stage = put_op::phase::value; // the header never went out
             release_buffer(c.id, b);
-            return;
         }
-        counters_.bytes_written.fetch_add(out.size(), std::memory_order_relaxed);
-        ++op->writes;
-        inflight_io_.emplace(tag, io_ctx{op, nullptr, b, out.size()});
     }
 
     /// Returns a buffer to the pool and wakes the connections that paused for one (they retry
@@ -942,12 +937,7 @@ private:
             // value's chunk CRCs, checked at recovery, are what is left).
             op->header_voided = true;
             op->header = std::make_unique<storage::aligned_buffer>(storage::meta_block);
-            const auto tag = ++next_tag_;
-            if (store_.write(op->ticket.header_offset, op->header->span(), tag)) {
-                ++op->writes;
-                inflight_io_.emplace(tag, io_ctx{op, nullptr, nullptr, op->header->size()});
-                return;
-            }
+            if (!issue_write(op, op->ticket.header_offset, op->header->span())) return;
         }
         if (op->failed) {
             op->finished = true;
@@ -995,16 +985,25 @@ private:
         engine_.header_block(op.ticket, op.info, out);
     }
 
+    /// Writes `bytes` for a record; a submission failure fails the put.
     void submit_write(const std::shared_ptr<put_op>& op, std::uint64_t offset,
                       std::span<const std::byte> bytes) {
-        const auto tag = ++next_tag_;
-        if (auto r = store_.write(offset, bytes, tag); !r) {
-            op->failed = r.error();
-            return advance(op);
+        if (auto ec = issue_write(op, offset, bytes)) {
+            op->failed = ec;
+            advance(op);
         }
+    }
+
+    /// Submits one store write of a record and tracks it (`buf`: the pool buffer it writes
+    /// from, returned at completion). Returns the submission error, if any.
+    std::error_code issue_write(const std::shared_ptr<put_op>& op, std::uint64_t offset,
+                                std::span<const std::byte> bytes, std::byte* buf = nullptr) {
+        const auto tag = ++next_tag_;
+        if (auto r = store_.write(offset, bytes, tag); !r) return r.error();
         counters_.bytes_written.fetch_add(bytes.size(), std::memory_order_relaxed);
         ++op->writes;
-        inflight_io_.emplace(tag, io_ctx{op, nullptr, nullptr, bytes.size()});
+        inflight_io_.emplace(tag, io_ctx{op, nullptr, buf, bytes.size()});
+        return {};
     }
 
     // ---- get --------------------------------------------------------------------------------
