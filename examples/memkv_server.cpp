@@ -298,7 +298,7 @@ struct options {
     std::size_t buffers = 64;
     bool pin_cpus = false;
     bool no_fixed_buffers = false;
-    bool no_trim = false;
+    std::string trim = "auto";
     std::string auth_key_file;
     std::string port_file;
 };
@@ -409,7 +409,9 @@ int run(const options& o) {
     cfg.shards = shards;
     cfg.pin_cpus = o.pin_cpus;
     cfg.register_buffers = !o.no_fixed_buffers;
-    cfg.trim = !o.no_trim;
+    cfg.trim = o.trim == "on"    ? memkv::trim_mode::on
+               : o.trim == "off" ? memkv::trim_mode::off
+                                 : memkv::trim_mode::by_store;
     cfg.keys = *keys;
     cfg.limits.max_value = o.max_value;
     cfg.region_size = region;
@@ -513,7 +515,7 @@ int serve(const options& o, const memkv::server_config& cfg, typename Server::st
         log("info", "I/O: io_uring, {}, fixed buffers {}, TRIM on eviction {}",
             srv.counters(0).store_direct_io.load() ? "O_DIRECT" : "buffered (no O_DIRECT)",
             srv.counters(0).buffers_registered.load() ? "yes" : "no",
-            srv.config().trim ? "yes" : "no (--no-trim)");
+            srv.config().trim == memkv::trim_mode::on ? "yes" : "no");
     log("info", "auth: {}", describe_keys(*srv.config().keys));
 
     owned_files files;
@@ -657,10 +659,17 @@ int main(int argc, char** argv) {
                  "Do not register the buffers with io_uring as fixed buffers (file and block "
                  "stores; for comparison)")
         ->envname("MEMKV_NO_FIXED_BUFFERS");
-    app.add_flag("--no-trim", o.no_trim,
-                 "Do not TRIM regions reclaimed by eviction (file: no hole punching, device: no "
-                 "BLKDISCARD); faster writes on ext4, no TRIM reaching the drive")
-        ->envname("MEMKV_NO_TRIM");
+    app.add_option("--trim", o.trim,
+                   "TRIM regions reclaimed by eviction: 'on', 'off' or 'auto' (on for block "
+                   "stores: BLKDISCARD; off for file stores, where a punched hole halves the "
+                   "writes that refill it on ext4)")
+        ->envname("MEMKV_TRIM")
+        ->type_name("MODE")
+        ->default_str("auto")
+        ->check([](const std::string& s) -> std::string {
+            if (s == "auto" || s == "on" || s == "off") return {};
+            return fmt::format("unknown TRIM mode '{}': use 'auto', 'on' or 'off'", s);
+        });
     app.add_flag("--pin-cpus", o.pin_cpus, "Pin shard i to CPU i (modulo the CPU count)")
         ->envname("MEMKV_PIN_CPUS");
     app.add_option("--auth-key-file", o.auth_key_file,

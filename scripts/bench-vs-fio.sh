@@ -18,11 +18,11 @@
 #
 # Differences that remain: memkv goes through loopback TCP and its server (client and server
 # share the CPUs); its store is log-structured, so writes append and, once the store is full,
-# evict whole regions (TRIM = punch hole) while fio overwrites its file in place; the server
-# moves a value through 1 MiB bounce buffers (64 per shard), so the device may see more, smaller
-# I/Os in flight than the client's queue depth (reads above 100% of fio can come from that).
-# Both read WORKING_SET bytes (on a VM the host may cache a small one even under O_DIRECT, so
-# keep them equal).
+# evict whole regions (not punched: a file store's default, --trim off) while fio overwrites its
+# file in place; the server moves a value through 1 MiB bounce buffers (64 per shard), so the
+# device may see more, smaller I/Os in flight than the client's queue depth (reads above 100% of
+# fio can come from that). Both read WORKING_SET bytes (on a VM the host may cache a small one
+# even under O_DIRECT, so keep them equal).
 #
 # Usage: scripts/bench-vs-fio.sh [memkv-bench flags...] (not --sizes, --threads, --inflight,
 #   --duration-ms, --key-space: the script sets them)
@@ -33,7 +33,7 @@
 #   store file; at least 2 x WORKING_SET), WORKING_SET (2G: fio's file, and memkv's key space
 #   per block size), BUILD_JOBS (nproc), RESULTS_DIR
 #   (BUILD_DIR/bench-vs-fio: per-run JSON and logs kept there), SERVER_ARGS (extra
-#   memkv-server flags, e.g. SERVER_ARGS=--no-trim), LAYOUT (1: write the store file with
+#   memkv-server flags, e.g. SERVER_ARGS='--trim on'), LAYOUT (1: write the store file with
 #   zeros before the server starts, as fio lays out its file before its jobs; 0: a fresh,
 #   fallocate'd store file whose first pass is part of the first write cell).
 # Default run time: about 3 runs x (6 memkv cells + 6 fio cells) x 5 s plus start-up and the

@@ -132,4 +132,15 @@ concept store =
     };
 // clang-format on
 
+/// Whether the engine TRIMs the regions it reclaims from a store of type `S` unless the server is
+/// told otherwise (server_config::trim). A store declares `static constexpr bool trim_by_default`
+/// where discarding costs more than it gives (file_store); any other store is trimmed.
+template <class S>
+inline constexpr bool trim_by_default = [] {
+    if constexpr (requires { S::trim_by_default; })
+        return S::trim_by_default;
+    else
+        return true;
+}();
+
 } // namespace memkv

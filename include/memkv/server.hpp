@@ -56,6 +56,8 @@ public:
         cfg.limits.max_chunk = static_cast<std::uint32_t>(
             std::min<std::size_t>(cfg.limits.max_chunk, cfg.buffer_size));
         if (!cfg.keys) cfg.keys = std::make_shared<auth::key_ring>();
+        if (cfg.trim == trim_mode::by_store)
+            cfg.trim = trim_by_default<Store> ? trim_mode::on : trim_mode::off;
         std::unique_ptr<server> s(new server(std::move(cfg)));
         auto& c = s->cfg_;
         s->counters_ = std::make_unique<shard_counters[]>(c.shards);
@@ -101,7 +103,7 @@ public:
             ec.shard = i;
             ec.seed = sb.record_seed;
             ec.max_value = c.limits.max_value;
-            ec.trim = c.trim;
+            ec.trim = c.trim == trim_mode::on;
             auto rs = s->shards_.back()->init(ec);
             if (!rs) {
                 detail::log_error("shard {}: cannot start over {} bytes with {}-byte regions: {}",

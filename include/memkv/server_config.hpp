@@ -13,6 +13,13 @@
 
 namespace memkv {
 
+/// TRIM of the regions a persistent store's engine reclaims (server_config::trim).
+enum class trim_mode : std::uint8_t {
+    by_store, ///< the store's `trim_by_default` (memkv::trim_by_default<Store>)
+    on,
+    off,
+};
+
 /// What a server needs besides its store's own configuration. Defaults are sane for a
 /// development machine; memkv-server maps flags, MEMKV_* variables and YAML onto this.
 struct server_config {
@@ -28,11 +35,13 @@ struct server_config {
     protocol::limits limits{};
     /// Bytes per region of the storage engine (at least twice limits.max_value).
     std::uint64_t region_size = 0; // 0 = 2 * limits.max_value
-    /// Persistent stores: TRIM (BLKDISCARD, or a punched hole in a file store) each region the
-    /// engine reclaims. Off keeps a file store's blocks allocated and written: on ext4, O_DIRECT
-    /// writes into a punched hole allocate blocks under the file's exclusive lock, which halves
-    /// write throughput (docs/storage.md, Eviction); the price is no TRIM reaching the drive.
-    bool trim = true;
+    /// Persistent stores: whether each region the engine reclaims is TRIMmed (BLKDISCARD on a
+    /// device, a punched hole in a file). `by_store` (the default) asks the store: on for block
+    /// devices, off for files. On a file the refill of a punched region allocates blocks, which
+    /// ext4 does under the file's exclusive lock: write throughput halves, for no gain in a full
+    /// FIFO cache, whose reclaimed regions are refilled at once (docs/decisions.md, "TRIM").
+    /// create() resolves it: config().trim is `on` or `off`.
+    trim_mode trim = trim_mode::by_store;
     /// Bounce buffers per shard and their size (payload chunk size).
     std::size_t buffers_per_shard = 64;
     std::size_t buffer_size = 1u << 20;

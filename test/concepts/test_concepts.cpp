@@ -67,6 +67,19 @@ TEST_CASE("the real stores satisfy the store concept", "[concepts][store]") {
     STATIC_REQUIRE(memkv::store<minimal_store>);
 }
 
+namespace {
+struct untrimmed_store : minimal_store {
+    static constexpr bool trim_by_default = false;
+};
+} // namespace
+
+TEST_CASE("a store is trimmed by default unless it declares trim_by_default false",
+          "[concepts][store]") {
+    STATIC_REQUIRE(memkv::trim_by_default<memkv::memory_store>);
+    STATIC_REQUIRE(memkv::trim_by_default<minimal_store>);
+    STATIC_REQUIRE(!memkv::trim_by_default<untrimmed_store>);
+}
+
 TEST_CASE("types missing a store operation or with a throwing factory are not stores",
           "[concepts][store]") {
     STATIC_REQUIRE(!memkv::store<store_without_poll>);

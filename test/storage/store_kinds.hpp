@@ -68,6 +68,8 @@ public:
         c.capacity = capacity_;
         return c;
     }
+    /// The server does not TRIM a file store unless told to (server_config::trim).
+    static constexpr bool trimmed_by_default = false;
     /// The file whose holes show the store's discards.
     std::string backing_file() const { return dir_ + "/data"; }
     std::string describe() const { return backing_file(); }
@@ -99,6 +101,8 @@ public:
 #endif
         return c;
     }
+    /// The server TRIMs a block store unless told not to (server_config::trim).
+    static constexpr bool trimmed_by_default = true;
     /// The loop device's backing file: the device's discards punch holes in it.
     std::string backing_file() const {
         return loop_.backing_file();

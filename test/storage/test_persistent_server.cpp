@@ -292,7 +292,10 @@ TEMPLATE_TEST_CASE("filling a small persistent store past its capacity evicts th
     std::string why;
     auto kind = TestType::make(small_capacity, why);
     if (!kind) MEMKV_SKIP(std::string(TestType::name) + ": " + why);
-    live_server<TestType> srv(*kind, small_config());
+    auto cfg = small_config(); // trim: the store's default, which is on for block stores
+    if constexpr (!TestType::trimmed_by_default) cfg.trim = memkv::trim_mode::on;
+    live_server<TestType> srv(*kind, cfg);
+    REQUIRE(srv.server->config().trim == memkv::trim_mode::on);
     auto& c = *srv.client;
     const auto before = memkv::test::allocation_of(kind->backing_file());
 
@@ -376,18 +379,20 @@ TEMPLATE_TEST_CASE("filling a small persistent store past its capacity evicts th
 
     // After a clean restart, evicted keys are still misses and the newest still hit.
     srv.stop();
-    live_server<TestType> again(*kind, small_config());
+    live_server<TestType> again(*kind, cfg);
     check_fill(*again.client);
 }
 
-TEMPLATE_TEST_CASE("with TRIM off eviction works the same and the store keeps its blocks",
+TEMPLATE_TEST_CASE("with TRIM off, a file store's default, eviction works the same and the "
+                   "store keeps its blocks",
                    "[storage][server][persistent][eviction]", file_kind, block_kind) {
     std::string why;
     auto kind = TestType::make(small_capacity, why);
     if (!kind) MEMKV_SKIP(std::string(TestType::name) + ": " + why);
-    auto cfg = small_config();
-    cfg.trim = false;
+    auto cfg = small_config(); // trim: the store's default, which is off for file stores
+    if constexpr (TestType::trimmed_by_default) cfg.trim = memkv::trim_mode::off;
     live_server<TestType> srv(*kind, cfg);
+    REQUIRE(srv.server->config().trim == memkv::trim_mode::off);
     const auto before = memkv::test::allocation_of(kind->backing_file());
     constexpr int n = 64; // 45 MiB through a 16 MiB store, as above
     for (int i = 0; i < n; ++i)

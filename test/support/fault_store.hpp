@@ -71,6 +71,7 @@ public:
         else
             return true;
     }();
+    static constexpr bool trim_by_default = memkv::trim_by_default<Inner>;
 
     struct config {
         typename Inner::config inner{};

@@ -94,6 +94,9 @@ class file_store {
 public:
     /// Data survives the process: the engine keeps a superblock in it.
     static constexpr bool persistent = true;
+    /// Reclaimed regions are not punched unless the server is told to (server_config::trim):
+    /// refilling a hole allocates blocks, which ext4 does under the file's exclusive lock.
+    static constexpr bool trim_by_default = false;
 
     /// Whether to use O_DIRECT.
     enum class direct_mode : std::uint8_t {
