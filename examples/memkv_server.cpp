@@ -282,6 +282,13 @@ private:
     std::string port_file_, port_text_;
 };
 
+/// --trim's values.
+const std::map<std::string, memkv::trim_mode, std::less<>> trim_modes{
+    {"auto", memkv::trim_mode::by_store},
+    {"on", memkv::trim_mode::on},
+    {"off", memkv::trim_mode::off},
+};
+
 /// Everything the flags, environment and config file set.
 struct options {
     std::vector<std::string> listen{"127.0.0.1:9900"};
@@ -409,9 +416,7 @@ int run(const options& o) {
     cfg.shards = shards;
     cfg.pin_cpus = o.pin_cpus;
     cfg.register_buffers = !o.no_fixed_buffers;
-    cfg.trim = o.trim == "on"    ? memkv::trim_mode::on
-               : o.trim == "off" ? memkv::trim_mode::off
-                                 : memkv::trim_mode::by_store;
+    cfg.trim = trim_modes.find(o.trim)->second; // checked by the option
     cfg.keys = *keys;
     cfg.limits.max_value = o.max_value;
     cfg.region_size = region;
@@ -512,10 +517,11 @@ int serve(const options& o, const memkv::server_config& cfg, typename Server::st
         human_size(srv.config().buffer_size),
         srv.hugepages() ? "hugepage-backed" : "not hugepage-backed (regular pages)");
     if (o.store != "memory")
-        log("info", "I/O: io_uring, {}, fixed buffers {}, TRIM on eviction {}",
+        log("info", "I/O: io_uring, {}, fixed buffers {}, TRIM on eviction {}{}",
             srv.counters(0).store_direct_io.load() ? "O_DIRECT" : "buffered (no O_DIRECT)",
             srv.counters(0).buffers_registered.load() ? "yes" : "no",
-            srv.config().trim == memkv::trim_mode::on ? "yes" : "no");
+            srv.config().trim == memkv::trim_mode::on ? "yes" : "no",
+            o.trim == "auto" ? " (the store's default; --trim on|off)" : "");
     log("info", "auth: {}", describe_keys(*srv.config().keys));
 
     owned_files files;
@@ -667,7 +673,7 @@ int main(int argc, char** argv) {
         ->type_name("MODE")
         ->default_str("auto")
         ->check([](const std::string& s) -> std::string {
-            if (s == "auto" || s == "on" || s == "off") return {};
+            if (trim_modes.contains(s)) return {};
             return fmt::format("unknown TRIM mode '{}': use 'auto', 'on' or 'off'", s);
         });
     app.add_flag("--pin-cpus", o.pin_cpus, "Pin shard i to CPU i (modulo the CPU count)")

@@ -39,7 +39,8 @@ struct server_config {
     /// device, a punched hole in a file). `by_store` (the default) asks the store: on for block
     /// devices, off for files. On a file the refill of a punched region allocates blocks, which
     /// ext4 does under the file's exclusive lock: write throughput halves, for no gain in a full
-    /// FIFO cache, whose reclaimed regions are refilled at once (docs/decisions.md, "TRIM").
+    /// FIFO cache, whose reclaimed regions are refilled at once (docs/decisions.md, "Record
+    /// writes and TRIM").
     /// create() resolves it: config().trim is `on` or `off`.
     trim_mode trim = trim_mode::by_store;
     /// Bounce buffers per shard and their size (payload chunk size).

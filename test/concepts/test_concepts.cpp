@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // The transport and store concepts accept the real policies and reject non-conforming types.
 #include "support/catch.hpp"
+#include "support/fault_store.hpp"
 
 #include <memkv/memkv.hpp>
 
@@ -65,6 +66,11 @@ struct transport_without_write {
 TEST_CASE("the real stores satisfy the store concept", "[concepts][store]") {
     STATIC_REQUIRE(memkv::store<memkv::memory_store>);
     STATIC_REQUIRE(memkv::store<minimal_store>);
+#if defined(MEMKV_HAS_URING)
+    STATIC_REQUIRE(memkv::store<memkv::file_store>);
+    STATIC_REQUIRE(memkv::store<memkv::block_store>);
+    STATIC_REQUIRE(memkv::store<memkv::test::fault_store<memkv::file_store>>);
+#endif
 }
 
 namespace {
@@ -73,11 +79,17 @@ struct untrimmed_store : minimal_store {
 };
 } // namespace
 
-TEST_CASE("a store is trimmed by default unless it declares trim_by_default false",
+TEST_CASE("a store is trimmed by default unless it declares trim_by_default false, as "
+          "file_store does and fault_store forwards",
           "[concepts][store]") {
     STATIC_REQUIRE(memkv::trim_by_default<memkv::memory_store>);
     STATIC_REQUIRE(memkv::trim_by_default<minimal_store>);
     STATIC_REQUIRE(!memkv::trim_by_default<untrimmed_store>);
+#if defined(MEMKV_HAS_URING)
+    STATIC_REQUIRE(!memkv::trim_by_default<memkv::file_store>); // docs/decisions.md
+    STATIC_REQUIRE(memkv::trim_by_default<memkv::block_store>);
+    STATIC_REQUIRE(!memkv::trim_by_default<memkv::test::fault_store<memkv::file_store>>);
+#endif
 }
 
 TEST_CASE("types missing a store operation or with a throwing factory are not stores",

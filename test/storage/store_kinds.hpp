@@ -38,6 +38,7 @@ inline allocation allocation_of(const std::string& path) {
 /// A file_store in a fresh directory.
 class file_kind {
 public:
+    using store_type = file_store;
     using server_type = file_server;
     static constexpr const char* name = "file_store";
 
@@ -68,8 +69,6 @@ public:
         c.capacity = capacity_;
         return c;
     }
-    /// The server does not TRIM a file store unless told to (server_config::trim).
-    static constexpr bool trimmed_by_default = false;
     /// The file whose holes show the store's discards.
     std::string backing_file() const { return dir_ + "/data"; }
     std::string describe() const { return backing_file(); }
@@ -84,6 +83,7 @@ private:
 /// of the device punches a hole in that file, and nothing else does.
 class block_kind {
 public:
+    using store_type = block_store;
     using server_type = block_server;
     static constexpr const char* name = "block_store";
 
@@ -101,8 +101,6 @@ public:
 #endif
         return c;
     }
-    /// The server TRIMs a block store unless told not to (server_config::trim).
-    static constexpr bool trimmed_by_default = true;
     /// The loop device's backing file: the device's discards punch holes in it.
     std::string backing_file() const {
         return loop_.backing_file();
