@@ -67,8 +67,8 @@ if [[ $STORE != memory && $STORE != file ]]; then
     exit 2
 fi
 
-# shellcheck source=scripts/bench-lib.sh
-source "scripts/bench-lib.sh"
+# shellcheck source=scripts/server-lib.sh
+source "scripts/server-lib.sh"
 pids=()
 scratch=""
 # shellcheck disable=SC2317 # invoked by the EXIT trap
@@ -98,33 +98,25 @@ fi
 # Starts server $2 of run-and-count tag $1 and sets `endpoint`. Returns non-zero on failure.
 endpoint=""
 start_server() {
-    local tag=$1 i=$2 portfile="$RESULTS_DIR/server-$1-$2.port" pid _
+    local tag=$1 i=$2
     local store_args=(--store memory)
     if [[ $STORE == file ]]; then
         rm -f "$scratch/store-$i"
         store_args=(--store file --path "$scratch/store-$i")
     fi
-    "$server" --listen 127.0.0.1:0 --port-file "$portfile" --shards "$SHARDS" \
-        --capacity "$CAPACITY" "${store_args[@]}" >/dev/null 2>"$RESULTS_DIR/server-$tag-$i.log" &
-    pid=$!
-    pids+=("$pid")
-    for _ in $(seq 1 300); do
-        [[ -s "$portfile" ]] && break
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    if [[ ! -s "$portfile" ]]; then
+    if ! start_memkv_server "$server" "$RESULTS_DIR/server-$tag-$i.port" \
+        "$RESULTS_DIR/server-$tag-$i.log" --shards "$SHARDS" --capacity "$CAPACITY" \
+        "${store_args[@]}"; then
         log "memkv-server did not start (see $RESULTS_DIR/server-$tag-$i.log)"
         return 1
     fi
-    endpoint=$(head -n1 "$portfile")
+    endpoint=$server_endpoint
 }
 
 stop_servers() {
     local pid
     for pid in "${pids[@]}"; do
-        kill -TERM "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
+        stop_memkv_server "$pid" || true
     done
     pids=()
 }

@@ -95,8 +95,8 @@ done
 capacity_bytes=$(to_bytes "$CAPACITY") || { log "bad CAPACITY '$CAPACITY'"; exit 2; }
 ws_bytes=$(to_bytes "$WORKING_SET") || { log "bad WORKING_SET '$WORKING_SET'"; exit 2; }
 
-# shellcheck source=scripts/bench-lib.sh
-source "scripts/bench-lib.sh"
+# shellcheck source=scripts/server-lib.sh
+source "scripts/server-lib.sh"
 pids=()
 scratch=""
 # shellcheck disable=SC2317 # invoked by the EXIT trap
@@ -130,7 +130,7 @@ log "scratch directory $scratch ($fs)"
 
 # ---- memkv-bench against memkv-server --store file -------------------------------------------
 run_memkv() { # $1: run number; writes $RESULTS_DIR/memkv-$1-SIZE.json; non-zero on failure
-    local portfile="$RESULTS_DIR/server-$1.port" srv_pid endpoint status=0 s keys _
+    local srv_pid endpoint status=0 s keys
     rm -f "$scratch/store"
     if [[ $LAYOUT == 1 ]]; then
         # Written zeros, as fio lays out its file before its jobs: both then overwrite written
@@ -143,23 +143,14 @@ run_memkv() { # $1: run number; writes $RESULTS_DIR/memkv-$1-SIZE.json; non-zero
             return 1
         fi
     fi
-    "$server" --listen 127.0.0.1:0 --port-file "$portfile" --shards "$SHARDS" --store file \
-        --path "$scratch/store" --capacity "$CAPACITY" "${server_args[@]}" \
-        2>"$RESULTS_DIR/server-$1.log" &
-    srv_pid=$!
-    pids+=("$srv_pid")
-    for _ in $(seq 1 300); do
-        [[ -s "$portfile" ]] && break
-        kill -0 "$srv_pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    if [[ ! -s "$portfile" ]]; then
+    if ! start_memkv_server "$server" "$RESULTS_DIR/server-$1.port" "$RESULTS_DIR/server-$1.log" \
+        --shards "$SHARDS" --store file --path "$scratch/store" --capacity "$CAPACITY" \
+        "${server_args[@]}"; then
         log "memkv-server did not start (see $RESULTS_DIR/server-$1.log)"
-        kill "$srv_pid" 2>/dev/null || true
-        wait "$srv_pid" 2>/dev/null || true
         return 1
     fi
-    endpoint=$(head -n1 "$portfile")
+    srv_pid=$server_pid
+    endpoint=$server_endpoint
     for s in "${sizes[@]}"; do
         keys=$((ws_bytes / $(to_bytes "$s")))
         ((keys >= THREADS * INFLIGHT)) || keys=$((THREADS * INFLIGHT))
@@ -171,8 +162,7 @@ run_memkv() { # $1: run number; writes $RESULTS_DIR/memkv-$1-SIZE.json; non-zero
             >"$RESULTS_DIR/memkv-$1-$s.txt" 2> >(tee -a "$RESULTS_DIR/memkv-$1.log" >&2) ||
             status=$?
     done
-    kill -TERM "$srv_pid" 2>/dev/null || true
-    wait "$srv_pid" 2>/dev/null || true
+    stop_memkv_server "$srv_pid" || true
     rm -f "$scratch/store"
     return "$status"
 }

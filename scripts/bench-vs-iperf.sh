@@ -35,8 +35,8 @@ for tool in cmake ninja iperf3 python3 ss; do
     fi
 done
 
-# shellcheck source=scripts/bench-lib.sh
-source "scripts/bench-lib.sh"
+# shellcheck source=scripts/server-lib.sh
+source "scripts/server-lib.sh"
 pids=()
 iperf_pidfile=""
 # shellcheck disable=SC2317 # invoked by the EXIT trap
@@ -104,30 +104,19 @@ print("%.4f" % (d["end"]["sum_received"]["bits_per_second"] / 8 / 2**30))' "$out
 
 # ---- memkv-bench against memkv-server ---------------------------------------------------------
 run_memkv() { # $1: run number; writes $RESULTS_DIR/memkv-$1.json; returns memkv-bench's status
-    local portfile="$RESULTS_DIR/server-$1.port" srv_pid endpoint status=0 _
+    local endpoint status=0
     local json="$RESULTS_DIR/memkv-$1.json" out="$RESULTS_DIR/memkv-$1.txt"
     if [[ $use_server == 1 ]]; then
-        "$server" --listen 127.0.0.1:0 --port-file "$portfile" --shards "$SHARDS" \
-            --capacity "$CAPACITY" 2>"$RESULTS_DIR/server-$1.log" &
-        srv_pid=$!
-        pids+=("$srv_pid")
-        for _ in $(seq 1 100); do
-            [[ -s "$portfile" ]] && break
-            kill -0 "$srv_pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        if [[ ! -s "$portfile" ]]; then
+        if ! start_memkv_server "$server" "$RESULTS_DIR/server-$1.port" \
+            "$RESULTS_DIR/server-$1.log" --shards "$SHARDS" --capacity "$CAPACITY"; then
             log "memkv-server did not start (see $RESULTS_DIR/server-$1.log):" \
                 "using memkv-bench's embedded server from now on"
-            kill "$srv_pid" 2>/dev/null || true
-            wait "$srv_pid" 2>/dev/null || true
             use_server=0
         else
-            endpoint=$(head -n1 "$portfile")
+            endpoint=$server_endpoint
             "$bench" --servers "$endpoint" --json "$json" "${BENCH_ARGS[@]}" >"$out" \
                 2> >(tee "$RESULTS_DIR/memkv-$1.log" >&2) || status=$?
-            kill -TERM "$srv_pid" 2>/dev/null || true
-            wait "$srv_pid" 2>/dev/null || true
+            stop_memkv_server "$server_pid" || true
             return "$status"
         fi
     fi

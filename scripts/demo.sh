@@ -23,18 +23,12 @@ banner "build $build (memkv-server, memkv-cli)"
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo
 cmake --build "$build" -j "$jobs" --target memkv-server memkv-cli
 
+# shellcheck source=scripts/server-lib.sh
+source scripts/server-lib.sh
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/memkv-demo.XXXXXX")
-server_pid=""
+pids=()
 cleanup() {
-  if [[ -n "$server_pid" ]] && kill -0 "$server_pid" 2>/dev/null; then
-    kill -TERM "$server_pid" 2>/dev/null || true
-    for _ in $(seq 50); do
-      kill -0 "$server_pid" 2>/dev/null || break
-      sleep 0.1
-    done
-    kill -KILL "$server_pid" 2>/dev/null || true
-    wait "$server_pid" 2>/dev/null || true
-  fi
+  stop_pids
   rm -rf "$tmp"
 }
 trap cleanup EXIT
@@ -44,30 +38,14 @@ MEMKV_AUTH_KEY=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')
 export MEMKV_AUTH_KEY
 echo "auth key: ${MEMKV_AUTH_KEY:0:8}... (32 random bytes, hex; shared by server and client)"
 
-# Starts memkv-server with the given store flags and sets addr to where it listens. Returns 1
-# (log printed) if it exits before it is ready or is not ready within 10 s.
+# Starts memkv-server (2 shards) with the given store flags and sets addr to where it listens.
+# Returns 1 (log printed) if it exits before it is ready or is not ready in time.
 start_server() {
-  rm -f "$tmp/port"
-  "$server_bin" --listen 127.0.0.1:0 --shards 2 --port-file "$tmp/port" "$@" \
-    >"$tmp/server.log" 2>&1 &
-  server_pid=$!
-  addr=""
-  for _ in $(seq 100); do
-    if [[ -s "$tmp/port" ]]; then
-      candidate=$(tr -d '\n' <"$tmp/port")
-      if [[ "$candidate" =~ ^[^:]+:[0-9]+$ ]]; then
-        addr=$candidate
-        return 0
-      fi
-    fi
-    if ! kill -0 "$server_pid" 2>/dev/null; then
-      echo "memkv-server exited before it was ready; its log:" >&2
-      cat "$tmp/server.log" >&2
-      return 1
-    fi
-    sleep 0.1
-  done
-  echo "memkv-server did not write $tmp/port within 10 s; its log:" >&2
+  if start_memkv_server "$server_bin" "$tmp/port" "$tmp/server.log" --shards 2 "$@"; then
+    addr=$server_endpoint
+    return 0
+  fi
+  echo "memkv-server did not start; its log:" >&2
   cat "$tmp/server.log" >&2
   return 1
 }
@@ -76,8 +54,6 @@ start_server() {
 # where io_uring itself is unavailable (some container sandboxes) is the memory store the
 # fallback; any other failure of file mode fails the demo.
 if ! start_server --store file --path "$tmp/memkv-store.img" --capacity 1G; then
-  kill -KILL "$server_pid" 2>/dev/null || true
-  wait "$server_pid" 2>/dev/null || true
   if ! grep -q "io_uring setup failed" "$tmp/server.log"; then
     echo "FAIL: memkv-server could not start in file mode" >&2
     exit 1
@@ -178,12 +154,9 @@ banner "stats"
 cli stats || fail "stats"
 
 banner "stop memkv-server (SIGTERM)"
-kill -TERM "$server_pid"
-set +e
-wait "$server_pid"
-server_rc=$?
-set -e
-server_pid=""
+server_rc=0
+stop_memkv_server "$server_pid" || server_rc=$?
+pids=()
 echo "memkv-server exited with status $server_rc"
 if [[ $server_rc -ne 0 ]]; then
   fail "memkv-server did not exit cleanly on SIGTERM (status $server_rc)"

@@ -1,0 +1,53 @@
+# shellcheck shell=bash
+# SPDX-License-Identifier: Apache-2.0
+# Starting and stopping memkv-server processes; sourced (not run) by the demo, the bench scripts
+# and the command-line test. The caller owns a `pids` array (for its EXIT trap's stop_pids).
+
+# Starts memkv-server in the background listening on 127.0.0.1 (a free port), with the flags
+# given after the first three arguments, its stdout and stderr to a log file, and waits up to
+# 30 s for the endpoint it writes to its port file. Sets server_pid (also added to `pids`) and
+# server_endpoint ("127.0.0.1:PORT").
+# Returns 1, the server killed and reaped, when it exits first or is not ready in time; the
+# caller reports it (the log file tells why).
+# Usage: start_memkv_server BINARY PORT_FILE LOG_FILE [memkv-server flags...]
+start_memkv_server() {
+    local bin=$1 port_file=$2 log_file=$3 _
+    shift 3
+    rm -f "$port_file"
+    server_endpoint=""
+    "$bin" --listen 127.0.0.1:0 --port-file "$port_file" "$@" >"$log_file" 2>&1 &
+    server_pid=$!
+    pids+=("$server_pid")
+    for _ in $(seq 1 300); do
+        if [[ -s "$port_file" ]]; then # written atomically
+            server_endpoint=$(head -n1 "$port_file")
+            [[ $server_endpoint =~ ^[^:]+:[0-9]+$ ]] && return 0
+        fi
+        kill -0 "$server_pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$server_pid" 2>/dev/null || true
+    wait "$server_pid" 2>/dev/null || true
+    server_endpoint=""
+    return 1
+}
+
+# Stops server $1 with SIGTERM (a clean shutdown) and returns its exit status.
+stop_memkv_server() {
+    local status=0
+    kill -TERM "$1" 2>/dev/null || true
+    wait "$1" 2>/dev/null || status=$?
+    return "$status"
+}
+
+# Stops and reaps every process whose pid is in the caller's `pids` array; for EXIT traps.
+# shellcheck disable=SC2154 # pids belongs to the sourcing script
+stop_pids() {
+    local pid
+    for pid in "${pids[@]}"; do
+        if kill -0 "$pid" 2>/dev/null; then
+            kill "$pid" 2>/dev/null || true
+            wait "$pid" 2>/dev/null || true
+        fi
+    done
+}
