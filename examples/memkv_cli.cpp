@@ -347,18 +347,31 @@ void print_client_stats(const memkv::default_client& c) {
     }
 }
 
+/// Prints every server's counters and the client's view of each server. Exits exit_server when
+/// a server did not answer (the others' counters are printed all the same).
 int do_stats(memkv::default_client& c) {
     auto s = c.stats();
     if (!s) {
-        error("stats: {}", explain(s.error()));
+        error("stats: no server answered: {}", explain(s.error()));
         print_client_stats(c); // shows which server is down
         return exit_server;
     }
     std::sort(s->begin(), s->end(), [](const auto& a, const auto& b) { return a.name < b.name; });
-    for (const auto& e : *s)
+    std::vector<std::size_t> silent;
+    for (const auto& e : *s) {
         fmt::print("{} {}\n", e.name, e.value);
+        // "serverI.up 0": server I did not answer.
+        const auto dot = e.name.find('.');
+        if (e.value == 0 && dot != std::string::npos && e.name.starts_with("server") &&
+            e.name.substr(dot) == ".up")
+            silent.push_back(std::stoul(e.name.substr(6, dot - 6)));
+    }
     print_client_stats(c);
-    return exit_ok;
+    const auto servers = c.server_stats();
+    for (auto i : silent)
+        error("stats: server {} ({}) did not answer; its counters are missing", i,
+              i < servers.size() ? servers[i].endpoint : "?");
+    return silent.empty() ? exit_ok : exit_server;
 }
 
 int do_ping(memkv::default_client& c) {

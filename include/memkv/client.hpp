@@ -16,6 +16,7 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <deque>
@@ -111,6 +112,14 @@ public:
         std::unique_lock lock(mutex_);
         done_cv_.wait(lock, [&] { return req->done; });
         if (req->error) return req->error;
+        std::error_code first_error;
+        for (std::size_t i = 0; i < req->server_errors.size(); ++i) {
+            const auto& e = req->server_errors[i];
+            req->entries.push_back({"server" + std::to_string(i) + ".up", e ? 0u : 1u});
+            if (e && !first_error) first_error = e;
+        }
+        if (std::ranges::all_of(req->server_errors, [](const auto& e) { return bool(e); }))
+            return first_error;
         return std::move(req->entries);
     }
 
@@ -211,7 +220,8 @@ private:
 
     struct stats_request {
         std::vector<server_stats_entry> entries;
-        std::error_code error;
+        std::error_code error;                      // the whole request failed (errc::closed)
+        std::vector<std::error_code> server_errors; // why server I did not answer, if it did not
         std::size_t remaining = 0;
         bool done = false;
     };
@@ -794,12 +804,13 @@ private:
     }
 
     void dispatch_stats(const std::shared_ptr<stats_request>& s) {
+        s->server_errors.assign(servers_.size(), {});
         for (std::size_t i = 0; i < servers_.size(); ++i) {
             for (std::uint32_t k = 0; k < std::max<std::uint32_t>(1, servers_[i]->shard_count);
                  ++k) {
                 connection* c = conn_for(i, k);
                 if (!c) {
-                    s->error = make_error_code(errc::unavailable);
+                    s->server_errors[i] = make_error_code(errc::unavailable);
                     continue;
                 }
                 request r;
@@ -851,13 +862,13 @@ private:
         case opcode::stats: {
             auto s = r.stats;
             if (!s) return protocol_violation(c);
-            if (auto d = protocol::decode_stats(body)) {
+            if (auto d = protocol::decode_stats(body); d && !status) {
                 const std::string p = "server" + std::to_string(c.server) + ".";
                 std::lock_guard lock(mutex_);
                 for (auto& [name, v] : *d)
                     s->entries.push_back({p + name, v});
             } else {
-                s->error = d.error();
+                s->server_errors[c.server] = status ? status : d.error();
             }
             c.inflight.erase(it);
             if (--s->remaining == 0) finish_stats(s);
@@ -1041,7 +1052,7 @@ private:
         };
         for (auto& [id, r] : inflight) {
             if (r.stats) {
-                r.stats->error = ec;
+                r.stats->server_errors[c.server] = ec;
                 if (--r.stats->remaining == 0) finish_stats(r.stats);
             } else if (!r.exists_ops.empty()) {
                 for (auto* op : r.exists_ops)
@@ -1322,7 +1333,9 @@ public:
     // ---- statistics and administration ------------------------------------------------------
 
     /// Server counters, gathered from every shard of every server, names prefixed by
-    /// "serverI." (I = index in the server list).
+    /// "serverI." (I = index in the server list), and "serverI.up": 1 when every shard of
+    /// server I answered, 0 when one did not (its counters are then missing). Fails only when
+    /// no server answered, with the first server's error.
     result<std::vector<server_stats_entry>> stats() {
         return guarded([](core& c) { return c.stats(); });
     }

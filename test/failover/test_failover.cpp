@@ -467,3 +467,40 @@ TEST_CASE("A GET failed by the request timeout is counted in server_stats().time
     CHECK(ms <= 300.0 + 100.0);
     CHECK(st[0].timeouts == 1);
 }
+
+// stats() with a server down gives the others' counters and says which server is missing; it
+// fails only when no server answers.
+TEST_CASE("stats() with one of two servers dead returns the live one's counters and serverI.up",
+          "[failover][stats]") {
+    cluster cl(2);
+    auto client = make_client(cl.endpoints());
+    REQUIRE(wait_up(*client, 0, 3s));
+    REQUIRE(wait_up(*client, 1, 3s));
+    auto count = [](const std::vector<memkv::server_stats_entry>& st, std::string_view prefix) {
+        return std::ranges::count_if(st, [&](const auto& e) { return e.name.starts_with(prefix); });
+    };
+    auto value = [](const std::vector<memkv::server_stats_entry>& st, std::string_view name) {
+        for (const auto& e : st)
+            if (e.name == name) return static_cast<long long>(e.value);
+        return -1LL;
+    };
+    auto both = client->stats();
+    REQUIRE(both);
+    CHECK(value(*both, "server0.up") == 1);
+    CHECK(value(*both, "server1.up") == 1);
+    CHECK(count(*both, "server1.shard1.") > 0);
+
+    cl.servers[1]->kill_now();
+    auto one = client->stats();
+    REQUIRE(one); // not an error: server 0 answered
+    CHECK(value(*one, "server0.up") == 1);
+    CHECK(value(*one, "server1.up") == 0);
+    CHECK(count(*one, "server0.shard0.") == count(*both, "server0.shard0."));
+    CHECK(count(*one, "server0.shard1.") == count(*both, "server0.shard1."));
+    CHECK(count(*one, "server1.shard") == 0);
+
+    cl.servers[0]->kill_now();
+    auto none = client->stats();
+    REQUIRE_FALSE(none);
+    CHECK(none.error() == memkv::errc::unavailable);
+}

@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: Apache-2.0
-# memkv-server's command line, run for real: --help, bad values refused with exit 2 and a clear
-# message, and --trim / MEMKV_TRIM / the config file's `trim` reaching the server (its start-up
-# banner states the TRIM in use), each server stopped cleanly with SIGTERM.
-# Usage: test_server_cli.sh PATH/TO/memkv-server. Exit 77 (skipped) where io_uring is unavailable.
+# memkv-server's and memkv-cli's command lines, run for real:
+#  - memkv-server: --help, bad values refused with exit 2 and a clear message, and --trim /
+#    MEMKV_TRIM / the config file's `trim` reaching the server (its start-up banner states the
+#    TRIM in use), each server stopped cleanly with SIGTERM;
+#  - memkv-cli stats against two servers, one of them killed: the live one's counters, serverI.up
+#    for both, exit status 3.
+# Usage: test_cli.sh PATH/TO/memkv-server PATH/TO/memkv-cli. Exit 77 (skipped) where io_uring is
+# unavailable.
 set -euo pipefail
 
 server_bin=$(realpath "$1")
+cli_bin=$(realpath "$2")
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=scripts/server-lib.sh
 source "$here/../../scripts/server-lib.sh"
@@ -100,6 +105,25 @@ expect_trim "MEMKV_TRIM=on" "yes" MEMKV_TRIM=on --
 expect_trim "--trim off over MEMKV_TRIM=on" "no" MEMKV_TRIM=on -- --trim off
 printf 'trim: on\n' >"$tmp/memkv.yaml"
 expect_trim "'trim: on' in a config file" "yes" -- --config "$tmp/memkv.yaml"
+
+# memkv-cli stats with one of two (memory-store) servers killed.
+start_memkv_server "$server_bin" "$tmp/port-a" "$tmp/log-a" --shards 2 || fail "server a did not start"
+endpoint_a=$server_endpoint
+start_memkv_server "$server_bin" "$tmp/port-b" "$tmp/log-b" --shards 2 || fail "server b did not start"
+endpoint_b=$server_endpoint
+kill -KILL "$server_pid"
+wait "$server_pid" 2>/dev/null || true
+rc=0
+"$cli_bin" --servers "$endpoint_a,$endpoint_b" stats >"$tmp/stats" 2>"$tmp/stats.err" || rc=$?
+if [[ $rc -ne 3 ]]; then
+    fail "memkv-cli stats with server 1 dead: exit status $rc, expected 3"
+elif ! grep -qx 'server0.up 1' "$tmp/stats" || ! grep -qx 'server1.up 0' "$tmp/stats" ||
+    ! grep -q '^server0.shard1.puts ' "$tmp/stats" || grep -q '^server1.shard' "$tmp/stats" ||
+    ! grep -qF "server 1 ($endpoint_b) did not answer" "$tmp/stats.err"; then
+    fail "memkv-cli stats with server 1 dead: $(cat "$tmp/stats" "$tmp/stats.err")"
+else
+    echo "ok: memkv-cli stats with server 1 dead: exit 3, $(cat "$tmp/stats.err")"
+fi
 
 if ((failures > 0)); then
     echo "$failures check(s) failed" >&2
