@@ -22,7 +22,8 @@ enum class errc : int {
     closed,           ///< the connection or object is closed
     wrong_shard,      ///< the key belongs to another shard (stale placement)
     unauthenticated,  ///< handshake failed or a frame failed its MAC
-    unavailable,      ///< the server is unreachable, dead or stalled
+    unavailable,      ///< the server is unreachable, dead or stalled (a put/del already sent:
+                      ///< outcome unknown)
     timed_out,        ///< a deadline passed; for put/del the outcome is unknown
     invalid_argument, ///< bad input from the caller
     too_large,        ///< a length exceeds a configured cap
