@@ -4,6 +4,7 @@
 // comes back after a restart on the same port, no caller buffer is written after its request
 // completed, and the client's descriptors and threads stay flat.
 #include "support/catch.hpp"
+#include "support/integration.hpp"
 #include "support/seed.hpp"
 #include "support/server_fixture.hpp"
 
@@ -503,4 +504,163 @@ TEST_CASE("stats() with one of two servers dead returns the live one's counters 
     auto none = client->stats();
     REQUIRE_FALSE(none);
     CHECK(none.error() == memkv::errc::unavailable);
+}
+
+namespace {
+
+/// Waits until the client reports server `i` down (up to `patience`).
+bool wait_down(const client_t& c, std::size_t i, std::chrono::milliseconds patience) {
+    const auto until = clock::now() + patience;
+    while (clock::now() < until) {
+        if (!c.server_stats()[i].up) return true;
+        std::this_thread::sleep_for(5ms);
+    }
+    return false;
+}
+
+} // namespace
+
+// One batch over a live and a dead server: every operation of the live one completes as if the
+// other did not exist (puts stored, gets right, exists and deletes answered); every operation
+// of the dead one fails with errc::unavailable, none hangs.
+TEST_CASE("A mixed batch with one of two servers dead completes the live server's operations",
+          "[failover][batch]") {
+    cluster cl(2);
+    auto client = make_client(cl.endpoints());
+    constexpr int n = 64;
+    auto key = [](const char* what, int i) { return std::string(what) + std::to_string(i); };
+    for (int i = 0; i < n; ++i) {
+        REQUIRE(client->put(key("old-", i), memkv::test::pattern(100 + i, 8192)));
+        REQUIRE(client->put(key("gone-", i), memkv::test::pattern(300 + i, 4096)));
+    }
+    cl.servers[1]->kill_now();
+    REQUIRE(wait_down(*client, 1, 3s));
+
+    std::vector<std::vector<std::byte>> values;
+    for (int i = 0; i < n; ++i)
+        values.push_back(memkv::test::pattern(200 + i, 8192));
+    std::vector<memkv::operation> ops(4 * n);
+    for (int i = 0; i < n; ++i) {
+        auto& put = ops[4 * i];
+        put.kind = memkv::op_kind::put;
+        put.key = key("new-", i);
+        put.value = values[i];
+        ops[4 * i + 1].kind = memkv::op_kind::get;
+        ops[4 * i + 1].key = key("old-", i);
+        ops[4 * i + 2].kind = memkv::op_kind::exists;
+        ops[4 * i + 2].key = key("old-", i);
+        ops[4 * i + 3].kind = memkv::op_kind::del;
+        ops[4 * i + 3].key = key("gone-", i);
+    }
+    const auto t = clock::now();
+    REQUIRE(client->run(ops));
+    const auto ms = fo::ms_between(t, clock::now());
+    int live = 0, dead = 0;
+    for (int i = 0; i < 4 * n; ++i) {
+        const auto& op = ops[i];
+        INFO("op " << i << " on " << op.key << ": " << op.status.message());
+        if (client->locate(op.key).first == 1) {
+            ++dead;
+            CHECK(op.status == memkv::errc::unavailable);
+            continue;
+        }
+        ++live;
+        REQUIRE_FALSE(op.status);
+        if (op.kind == memkv::op_kind::get)
+            CHECK(memkv::test::mismatch(op.data, memkv::test::pattern(100 + i / 4, 8192)) == "");
+        if (op.kind == memkv::op_kind::exists) CHECK(op.exists);
+    }
+    std::printf("a batch of %d operations, %d to the live server and %d to the dead one: %.1f ms\n",
+                4 * n, live, dead, ms);
+    CHECK(live > 0);
+    CHECK(dead > 0);
+    // What the batch did on the live server is there.
+    for (int i = 0; i < n; ++i) {
+        if (client->locate(key("new-", i)).first == 0) {
+            auto got = client->get(key("new-", i));
+            REQUIRE(got);
+            CHECK(memkv::test::mismatch(*got, values[i]) == "");
+        }
+        if (client->locate(key("gone-", i)).first == 0) {
+            auto got = client->get(key("gone-", i));
+            CHECK((!got && got.error() == memkv::errc::not_found));
+        }
+    }
+}
+
+// Requests to a server that is down and due for a reconnection are parked while the client
+// connects, and sent once it is connected: none fails although no connection existed when they
+// were submitted.
+TEST_CASE("Requests submitted while a restarted server reconnects are parked, then sent",
+          "[failover][reconnect]") {
+    cluster cl(1);
+    auto client = make_client(cl.endpoints());
+    REQUIRE(client->put("before", memkv::test::pattern(1, 4096)));
+    cl.servers[0]->kill_now();
+    REQUIRE(wait_down(*client, 0, 3s));
+    REQUIRE(cl.servers[0]->restart());
+    // The client reconnects only when a request needs the server, after its backoff.
+    std::this_thread::sleep_for(1500ms);
+    REQUIRE_FALSE(client->server_stats()[0].up);
+    std::vector<std::vector<std::byte>> values;
+    std::vector<memkv::operation> ops(32);
+    for (std::size_t i = 0; i < ops.size(); ++i) {
+        values.push_back(memkv::test::pattern(50 + i, 16384));
+        ops[i].kind = memkv::op_kind::put;
+        ops[i].key = "parked-" + std::to_string(i);
+        ops[i].value = values[i];
+    }
+    REQUIRE(client->run(ops));
+    for (const auto& op : ops) {
+        INFO(op.key << ": " << op.status.message());
+        CHECK_FALSE(op.status);
+    }
+    CHECK(client->server_stats()[0].up);
+    CHECK(client->server_stats()[0].reconnects > 0);
+    for (std::size_t i = 0; i < ops.size(); ++i) {
+        auto got = client->get(ops[i].key);
+        REQUIRE(got);
+        CHECK(memkv::test::mismatch(*got, values[i]) == "");
+    }
+}
+
+// submit() waits while max_inflight operations are in flight: with the server stopped, a second
+// batch is accepted only once the first has completed (here, by its timeout).
+TEST_CASE("submit waits while max_inflight operations are in flight", "[failover][inflight]") {
+    cluster cl(1);
+    memkv::client_config cc;
+    cc.servers = cl.endpoints();
+    cc.request_timeout = 400ms;
+    cc.connect_timeout = connect_timeout;
+    cc.max_inflight = 4;
+    auto created = client_t::create(cc);
+    REQUIRE(created);
+    auto& client = **created;
+    REQUIRE(client.put("k", memkv::test::pattern(1, 4096)));
+    REQUIRE(cl.servers[0]->stop()); // SIGSTOP: nothing is answered
+    std::vector<memkv::operation> first(4), second(1);
+    for (auto& op : first)
+        op.key = "k";
+    second[0].key = "k";
+    auto id = client.submit(first);
+    REQUIRE(id);
+    const auto t = clock::now();
+    auto id2 = client.submit(second); // waits for the first batch: 4 + 1 > 4
+    const auto ms = fo::ms_between(t, clock::now());
+    // Every status of the first batch is set before its operations leave the in-flight count
+    // (under the client's lock, which submit took since).
+    const bool first_done_then =
+        std::ranges::all_of(first, [](const auto& op) { return bool(op.status); });
+    REQUIRE(id2);
+    cl.servers[0]->signal(SIGCONT);
+    client.wait(*id);
+    client.wait(*id2);
+    std::printf("the second submit returned after %.1f ms, the first batch %s\n", ms,
+                first_done_then ? "done" : "NOT done");
+    CHECK(first_done_then);
+    for (const auto& op : first)
+        CHECK(op.status == memkv::errc::unavailable); // timed out (a GET reports unavailable)
+    // The second batch went out after the timeouts had closed the connection: it completes
+    // too (with whatever the reconnection gave), and nothing is left in flight.
+    CHECK(client.tracked_batches() == 0);
 }

@@ -240,6 +240,7 @@ TEST_CASE("A partitioned server's requests fail within the timeout, the others d
     REQUIRE(net.set_link(false));
     const auto t_down = clock::now();
     std::this_thread::sleep_for(5s);
+    const auto t_relink = clock::now(); // the link is down until at least here
     const bool relinked = net.set_link(true);
     const auto t_up = clock::now();
     std::this_thread::sleep_for(3s);
@@ -253,11 +254,14 @@ TEST_CASE("A partitioned server's requests fail within the timeout, the others d
     const auto live = fo::window(rs, 0, t_down, t_up);
     // Every request to the partitioned server in flight at the partition or sent during it.
     const auto cut = fo::window(rs, 1, t_down - request_timeout, t_up, deadline_ms);
-    std::size_t cut_ok = 0, cut_wrong_status = 0;
+    // A request sent during the cut cannot succeed while the link is down. One sent in its last
+    // second may succeed once the link is back (a reconnection or a retransmission lands before
+    // its timeout): that is counted apart, and allowed.
+    std::size_t cut_ok = 0, cut_ok_after_heal = 0, cut_wrong_status = 0;
     for (const auto& r : rs) {
         if (r.server != 1 || r.submitted < t_down || r.submitted >= t_up) continue;
         if (!r.status)
-            ++cut_ok;
+            ++(r.completed < t_relink ? cut_ok : cut_ok_after_heal);
         else if (!(r.status == memkv::errc::unavailable ||
                    (r.put && r.status == memkv::errc::timed_out)))
             ++cut_wrong_status;
@@ -276,9 +280,10 @@ TEST_CASE("A partitioned server's requests fail within the timeout, the others d
     std::printf("  loopback during:    %zu requests, %.4f%% ok, p99 %.2f ms, max %.2f ms\n",
                 live.count, 100 * live.success_ratio(), live.p99, live.max);
     std::printf("  partitioned during: %zu requests (incl. in flight at the cut), max %.2f ms, "
-                "%zu over %.0f ms; sent during the cut: %zu succeeded, %zu with another status "
-                "than unavailable (timed_out for puts)\n",
-                cut.count, cut.max, cut.over_deadline, deadline_ms, cut_ok, cut_wrong_status);
+                "%zu over %.0f ms; sent during the cut: %zu succeeded during it, %zu after the "
+                "link came up, %zu with another status than unavailable (timed_out for puts)\n",
+                cut.count, cut.max, cut.over_deadline, deadline_ms, cut_ok, cut_ok_after_heal,
+                cut_wrong_status);
     std::printf("    statuses: %s\n", statuses(rs, 1, t_down, t_up).c_str());
     std::printf("  healed: first success %.0f ms after the link came up; from up + 2 s: %zu "
                 "requests, %.4f%% ok\n",
