@@ -736,7 +736,9 @@ int run(options o) {
             measure(memkv::op_kind::get, "read");
         }
     }
-    const auto evicted = server_shape(client).second - evicted_before;
+    // A server that answered before and not now lowers the sum: count no negative evictions.
+    const auto evicted_after = server_shape(client).second;
+    const auto evicted = evicted_after > evicted_before ? evicted_after - evicted_before : 0;
 
     // ---- report -------------------------------------------------------------------------------
     auto find = [&](const std::string& op, std::uint64_t size) -> const cell* {

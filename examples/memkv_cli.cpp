@@ -369,7 +369,7 @@ int do_stats(memkv::default_client& c) {
     print_client_stats(c);
     const auto servers = c.server_stats();
     for (auto i : silent)
-        error("stats: server {} ({}) did not answer; its counters are missing", i,
+        error("stats: server {} ({}) did not answer; some or all of its counters are missing", i,
               i < servers.size() ? servers[i].endpoint : "?");
     return silent.empty() ? exit_ok : exit_server;
 }
@@ -533,8 +533,9 @@ int main(int argc, char** argv) {
     del->add_option("KEY", del_keys, "Keys")->required();
 
     auto* stats = app.add_subcommand("stats", "Print the servers' counters, \"name value\" "
-                                              "per line, sorted, then a \"client:\" section: "
-                                              "this client's view of each server");
+                                              "per line, sorted (serverI.up 0: server I did not "
+                                              "answer, exit status 3), then a \"client:\" "
+                                              "section: this client's view of each server");
     auto* ping = app.add_subcommand("ping", "Check that every server answers");
 
     try {

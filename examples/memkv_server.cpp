@@ -733,6 +733,12 @@ int main(int argc, char** argv) {
                    e.what());
         return exit_usage;
     }
+    // Set for an older memkv-server: ignoring it would silently turn TRIM back on.
+    if (std::getenv("MEMKV_NO_TRIM") != nullptr) {
+        fmt::print(stderr, "{}: error: MEMKV_NO_TRIM is no longer read: use MEMKV_TRIM=off\n",
+                   program);
+        return exit_usage;
+    }
     try {
         return run(o);
     } catch (const std::exception& e) {

@@ -40,6 +40,10 @@ for n in ENTRIES SHARDS BUILD_JOBS; do
         exit 2
     fi
 done
+if ((ENTRIES > 16777216)); then
+    log "ENTRIES must be at most 16777216 (memkv-bench's --key-space)"
+    exit 2
+fi
 if ! [[ $SIZE =~ ^([1-9][0-9]*)([KM]?)$ ]]; then
     log "SIZE must be a number of bytes with an optional K or M (got '$SIZE')"
     exit 2
@@ -113,7 +117,7 @@ log "writing $ENTRIES keys of $SIZE (each once)"
 
 log "kill -9 (pid $server_pid)"
 kill -KILL "$server_pid"
-wait "$server_pid" 2>/dev/null || true
+stop_memkv_server "$server_pid" || true # reaps it
 start after-kill
 read -r kill_entries kill_seconds <<<"$(recovered after-kill)"
 kill_rss=$(peak_rss_mib "$server_pid")
@@ -124,7 +128,6 @@ start after-clean
 read -r clean_entries clean_seconds <<<"$(recovered after-clean)"
 clean_rss=$(peak_rss_mib "$server_pid")
 stop_memkv_server "$server_pid" || true
-pids=()
 
 printf '\nmemkv-server, %s shards, file store on %s, %s entries of %s written once each.\n' \
     "$SHARDS" "$(df -PT "$scratch" | awk 'NR == 2 { print $2 }')" "$ENTRIES" "$SIZE"

@@ -113,20 +113,13 @@ start_server() {
     endpoint=$server_endpoint
 }
 
-stop_servers() {
-    local pid
-    for pid in "${pids[@]}"; do
-        stop_memkv_server "$pid" || true
-    done
-    pids=()
-}
 
 # Runs memkv-bench against $2 fresh servers; $1: run number. Non-zero on failure.
 run_count() {
     local run=$1 n=$2 tag="$1-$2" i endpoints=() status=0
     for i in $(seq 1 "$n"); do
         if ! start_server "$tag" "$i"; then
-            stop_servers
+            stop_pids
             return 1
         fi
         endpoints+=("$endpoint")
@@ -139,7 +132,7 @@ run_count() {
         --inflight "$INFLIGHT" --duration-ms "$((SECONDS_PER_CELL * 1000))" \
         --json "$RESULTS_DIR/memkv-$tag.json" "${BENCH_ARGS[@]}" >"$RESULTS_DIR/memkv-$tag.txt" \
         2> >(tee "$RESULTS_DIR/memkv-$tag.log" >&2) || status=$?
-    stop_servers
+    stop_pids
     if [[ $STORE == file ]]; then rm -f "$scratch"/store-*; fi
     return "$status"
 }

@@ -156,7 +156,6 @@ cli stats || fail "stats"
 banner "stop memkv-server (SIGTERM)"
 server_rc=0
 stop_memkv_server "$server_pid" || server_rc=$?
-pids=()
 echo "memkv-server exited with status $server_rc"
 if [[ $server_rc -ne 0 ]]; then
   fail "memkv-server did not exit cleanly on SIGTERM (status $server_rc)"

@@ -26,28 +26,37 @@ start_memkv_server() {
         kill -0 "$server_pid" 2>/dev/null || break
         sleep 0.1
     done
-    kill -KILL "$server_pid" 2>/dev/null || true
-    wait "$server_pid" 2>/dev/null || true
+    stop_memkv_server "$server_pid" || true
     server_endpoint=""
     return 1
 }
 
-# Stops server $1 with SIGTERM (a clean shutdown) and returns its exit status.
+# Stops server $1: SIGCONT (in case it was stopped) and SIGTERM (a clean shutdown), then
+# SIGKILL if it has not exited within 10 s. Removes it from `pids` and returns its exit status
+# (137 when it had to be killed).
 stop_memkv_server() {
-    local status=0
-    kill -TERM "$1" 2>/dev/null || true
-    wait "$1" 2>/dev/null || status=$?
+    local pid=$1 status=0 _
+    kill -CONT "$pid" 2>/dev/null || true
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 100); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || status=$?
+    local kept=() p
+    for p in "${pids[@]}"; do
+        [[ $p == "$pid" ]] || kept+=("$p")
+    done
+    pids=("${kept[@]}")
     return "$status"
 }
 
-# Stops and reaps every process whose pid is in the caller's `pids` array; for EXIT traps.
-# shellcheck disable=SC2154 # pids belongs to the sourcing script
+# Stops every process whose pid is in the caller's `pids` array, as stop_memkv_server does; for
+# EXIT traps.
 stop_pids() {
     local pid
     for pid in "${pids[@]}"; do
-        if kill -0 "$pid" 2>/dev/null; then
-            kill "$pid" 2>/dev/null || true
-            wait "$pid" 2>/dev/null || true
-        fi
+        stop_memkv_server "$pid" || true
     done
 }

@@ -102,25 +102,24 @@ public:
     }
 
     result<std::vector<server_stats_entry>> stats() {
-        if (on_progress_thread()) return errc::invalid_argument; // would wait for itself
-        auto req = std::make_shared<stats_request>();
-        {
-            std::lock_guard lock(mutex_);
-            stats_requests_.push_back(req);
-        }
-        wake();
-        std::unique_lock lock(mutex_);
-        done_cv_.wait(lock, [&] { return req->done; });
-        if (req->error) return req->error;
-        std::error_code first_error;
-        for (std::size_t i = 0; i < req->server_errors.size(); ++i) {
-            const auto& e = req->server_errors[i];
-            req->entries.push_back({"server" + std::to_string(i) + ".up", e ? 0u : 1u});
-            if (e && !first_error) first_error = e;
-        }
-        if (std::ranges::all_of(req->server_errors, [](const auto& e) { return bool(e); }))
-            return first_error;
-        return std::move(req->entries);
+        auto req = gather_stats();
+        if (!req) return req.error();
+        auto& r = **req;
+        for (std::size_t i = 0; i < r.server_errors.size(); ++i)
+            r.entries.push_back(
+                {"server" + std::to_string(i) + ".up", r.server_errors[i] ? 0u : 1u});
+        if (std::ranges::all_of(r.server_errors, [](const auto& e) { return bool(e); }))
+            return r.server_errors.front();
+        return std::move(r.entries);
+    }
+
+    /// Succeeds when every shard of every server answered; else the first server's error.
+    result<void> ping() {
+        auto req = gather_stats();
+        if (!req) return req.error();
+        for (const auto& e : (*req)->server_errors)
+            if (e) return e;
+        return {};
     }
 
     std::vector<client_server_stats> server_stats() const {
@@ -225,6 +224,23 @@ private:
         std::size_t remaining = 0;
         bool done = false;
     };
+
+    /// Asks every shard of every server for its counters and waits for all answers or failures.
+    /// Fails when called from a callback (it would wait for itself) or when the client closes.
+    result<std::shared_ptr<stats_request>> gather_stats() {
+        if (on_progress_thread()) return errc::invalid_argument; // would wait for itself
+        auto req = std::make_shared<stats_request>();
+        {
+            std::lock_guard lock(mutex_);
+            stats_requests_.push_back(req);
+        }
+        wake();
+        std::unique_lock lock(mutex_);
+        done_cv_.wait(lock, [&] { return req->done; });
+        if (req->error) return req->error;
+        if (stopping_) return errc::closed; // answers cut short by the shutdown
+        return req;
+    }
 
     /// One request on a connection.
     struct request {
@@ -1334,8 +1350,8 @@ public:
 
     /// Server counters, gathered from every shard of every server, names prefixed by
     /// "serverI." (I = index in the server list), and "serverI.up": 1 when every shard of
-    /// server I answered, 0 when one did not (its counters are then missing). Fails only when
-    /// no server answered, with the first server's error.
+    /// server I answered, 0 when one did not (some or all of its counters are then missing).
+    /// Fails only when no server answered, with the first server's error.
     result<std::vector<server_stats_entry>> stats() {
         return guarded([](core& c) { return c.stats(); });
     }
@@ -1345,11 +1361,10 @@ public:
         return forked() ? std::vector<client_server_stats>{} : core_->server_stats();
     }
 
-    /// Sends a ping on every connection and waits for the answers.
+    /// Sends a ping on every connection and waits for the answers; fails with the first
+    /// server's error when a server does not answer.
     result<void> ping() {
-        auto s = stats();
-        if (!s) return s.error();
-        return {};
+        return guarded([](core& c) { return c.ping(); });
     }
 
     /// Registers caller memory for zero-copy transfers and returns a handle. Over TCP and Unix

@@ -10,6 +10,10 @@
 # unavailable.
 set -euo pipefail
 
+if [[ $# -ne 2 ]]; then
+    echo "usage: $0 PATH/TO/memkv-server PATH/TO/memkv-cli" >&2
+    exit 2
+fi
 server_bin=$(realpath "$1")
 cli_bin=$(realpath "$2")
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -45,7 +49,8 @@ expect_usage_error() {
     local what=$1 message=$2 rc=0
     shift 2
     split_env "$@"
-    env "${envs[@]}" "$server_bin" "${args[@]}" >"$tmp/out" 2>&1 || rc=$?
+    # A server that accepted the values would listen: it is stopped after 10 s (status 124).
+    env "${envs[@]}" timeout 10 "$server_bin" "${args[@]}" >"$tmp/out" 2>&1 || rc=$?
     if [[ $rc -ne 2 ]]; then
         fail "$what: exit status $rc, expected 2"
     elif ! grep -qF -- "$message" "$tmp/out"; then
@@ -106,13 +111,18 @@ expect_trim "--trim off over MEMKV_TRIM=on" "no" MEMKV_TRIM=on -- --trim off
 printf 'trim: on\n' >"$tmp/memkv.yaml"
 expect_trim "'trim: on' in a config file" "yes" -- --config "$tmp/memkv.yaml"
 
-# memkv-cli stats with one of two (memory-store) servers killed.
-start_memkv_server "$server_bin" "$tmp/port-a" "$tmp/log-a" --shards 2 || fail "server a did not start"
-endpoint_a=$server_endpoint
-start_memkv_server "$server_bin" "$tmp/port-b" "$tmp/log-b" --shards 2 || fail "server b did not start"
-endpoint_b=$server_endpoint
-kill -KILL "$server_pid"
-wait "$server_pid" 2>/dev/null || true
+# memkv-cli stats and ping with one of two (memory-store) servers killed.
+endpoints=()
+for name in a b; do
+    if ! start_memkv_server "$server_bin" "$tmp/port-$name" "$tmp/log-$name" --shards 2; then
+        fail "server $name did not start: $(cat "$tmp/log-$name")"
+        exit 1
+    fi
+    endpoints+=("$server_endpoint")
+done
+endpoint_a=${endpoints[0]} endpoint_b=${endpoints[1]}
+kill -KILL "$server_pid" # b
+stop_memkv_server "$server_pid" || true # reaps it
 rc=0
 "$cli_bin" --servers "$endpoint_a,$endpoint_b" stats >"$tmp/stats" 2>"$tmp/stats.err" || rc=$?
 if [[ $rc -ne 3 ]]; then
@@ -123,6 +133,20 @@ elif ! grep -qx 'server0.up 1' "$tmp/stats" || ! grep -qx 'server1.up 0' "$tmp/s
     fail "memkv-cli stats with server 1 dead: $(cat "$tmp/stats" "$tmp/stats.err")"
 else
     echo "ok: memkv-cli stats with server 1 dead: exit 3, $(cat "$tmp/stats.err")"
+fi
+rc=0
+"$cli_bin" --servers "$endpoint_a,$endpoint_b" ping >"$tmp/ping" 2>&1 || rc=$?
+if [[ $rc -ne 3 ]]; then
+    fail "memkv-cli ping with server 1 dead: exit status $rc, expected 3: $(cat "$tmp/ping")"
+else
+    echo "ok: memkv-cli ping with server 1 dead: exit 3, $(cat "$tmp/ping")"
+fi
+rc=0
+"$cli_bin" --servers "$endpoint_a" ping >"$tmp/ping" 2>&1 || rc=$?
+if [[ $rc -ne 0 ]]; then
+    fail "memkv-cli ping with its one server up: exit status $rc: $(cat "$tmp/ping")"
+else
+    echo "ok: memkv-cli ping with its one server up: $(cat "$tmp/ping")"
 fi
 
 if ((failures > 0)); then

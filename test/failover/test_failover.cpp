@@ -99,14 +99,20 @@ std::string join(const std::vector<std::size_t>& v) {
     return out;
 }
 
-/// Waits until the client reports server `i` connected (up to `patience`).
-bool wait_up(const client_t& c, std::size_t i, std::chrono::milliseconds patience) {
+/// Waits until the client reports server `i` connected (`up`) or not (up to `patience`).
+bool wait_link(const client_t& c, std::size_t i, bool up, std::chrono::milliseconds patience) {
     const auto until = clock::now() + patience;
     while (clock::now() < until) {
-        if (c.server_stats()[i].up) return true;
+        if (c.server_stats()[i].up == up) return true;
         std::this_thread::sleep_for(5ms);
     }
     return false;
+}
+bool wait_up(const client_t& c, std::size_t i, std::chrono::milliseconds patience) {
+    return wait_link(c, i, true, patience);
+}
+bool wait_down(const client_t& c, std::size_t i, std::chrono::milliseconds patience) {
+    return wait_link(c, i, false, patience);
 }
 
 /// The first request to `server` submitted at or after `t` that got a reply (hit or miss).
@@ -505,20 +511,6 @@ TEST_CASE("stats() with one of two servers dead returns the live one's counters 
     REQUIRE_FALSE(none);
     CHECK(none.error() == memkv::errc::unavailable);
 }
-
-namespace {
-
-/// Waits until the client reports server `i` down (up to `patience`).
-bool wait_down(const client_t& c, std::size_t i, std::chrono::milliseconds patience) {
-    const auto until = clock::now() + patience;
-    while (clock::now() < until) {
-        if (!c.server_stats()[i].up) return true;
-        std::this_thread::sleep_for(5ms);
-    }
-    return false;
-}
-
-} // namespace
 
 // One batch over a live and a dead server: every operation of the live one completes as if the
 // other did not exist (puts stored, gets right, exists and deletes answered); every operation
