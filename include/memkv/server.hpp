@@ -175,8 +175,10 @@ public:
         return {};
     }
 
-    /// Stops accepting, lets in-flight requests finish (up to drain_timeout), closes every
-    /// connection and joins the threads. Idempotent; safe from any thread but a shard's.
+    /// Stops accepting and reading, lets the requests already received finish (up to
+    /// drain_timeout), closes every connection and joins the threads. A PUT whose value is still
+    /// arriving cannot finish: it holds the drain until drain_timeout, then fails (nothing of it
+    /// is published). Idempotent; safe from any thread but a shard's.
     void stop() {
         if (!running_) return;
         running_ = false;
