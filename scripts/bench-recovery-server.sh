@@ -77,10 +77,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 log "building $BUILD_DIR (Release)"
-cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
-cmake --build "$BUILD_DIR" -j "$BUILD_JOBS" --target memkv-bench memkv-server
-bench="$BUILD_DIR/examples/memkv-bench"
-server="$BUILD_DIR/examples/memkv-server"
+build_bench_tools "$BUILD_DIR" "$BUILD_JOBS"
 rm -rf "$RESULTS_DIR"
 mkdir -p "$RESULTS_DIR" "$DATA_DIR"
 RESULTS_DIR=$(cd "$RESULTS_DIR" && pwd)

@@ -3,6 +3,18 @@
 # Starting and stopping memkv-server processes; sourced (not run) by the demo, the bench scripts
 # and the command-line test. The caller owns a `pids` array (for its EXIT trap's stop_pids).
 
+# Configures and builds BUILD_DIR (Release) with memkv-bench and memkv-server, JOBS compile jobs;
+# sets bench and server to the two binaries. (bench-vs-iperf.sh builds its own: it can do
+# without memkv-server.)
+# Usage: build_bench_tools BUILD_DIR JOBS
+# shellcheck disable=SC2034 # bench and server are the caller's
+build_bench_tools() {
+    cmake -S . -B "$1" -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
+    cmake --build "$1" -j "$2" --target memkv-bench memkv-server
+    bench="$1/examples/memkv-bench"
+    server="$1/examples/memkv-server"
+}
+
 # Starts memkv-server in the background listening on 127.0.0.1 (a free port), with the flags
 # given after the first three arguments, its stdout and stderr to a log file, and waits up to
 # 30 s for the endpoint it writes to its port file. Sets server_pid (also added to `pids`) and
