@@ -12,6 +12,8 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 
+#include <algorithm>
+#include <chrono>
 #include <list>
 #include <mutex>
 #include <memory>
@@ -175,10 +177,10 @@ public:
         return {};
     }
 
-    /// Stops accepting and reading, lets the requests already received finish (up to
-    /// drain_timeout), closes every connection and joins the threads. A PUT whose value is still
-    /// arriving cannot finish: it holds the drain until drain_timeout, then fails (nothing of it
-    /// is published). Idempotent; safe from any thread but a shard's.
+    /// Stops accepting, drains (up to drain_timeout): the requests received are answered, the
+    /// values still arriving are read and stored, new requests are refused (errc::unavailable,
+    /// nothing done); then closes every connection and joins the threads. Idempotent; safe from
+    /// any thread but a shard's.
     void stop() {
         if (!running_) return;
         running_ = false;
@@ -188,6 +190,14 @@ public:
         if (acceptor_.joinable()) acceptor_.join();
         for (auto& s : shards_)
             s->request_stop();
+        // Every shard drains before any closes its connections (a client fails a whole server
+        // when one of its connections closes); each shard also stops at its drain timeout.
+        const auto give_up = std::chrono::steady_clock::now() + cfg_.drain_timeout;
+        while (std::chrono::steady_clock::now() < give_up &&
+               !std::ranges::all_of(shards_, [](const auto& s) { return s->drained(); }))
+            std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        for (auto& s : shards_)
+            s->release();
         for (auto& t : threads_)
             t.join();
         threads_.clear();

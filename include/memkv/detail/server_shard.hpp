@@ -155,9 +155,20 @@ public:
         wake();
     }
 
-    /// Asks the loop to drain and return (any thread).
+    /// Asks the loop to drain (answer what it received, finish the values still arriving, refuse
+    /// new requests) and, once released or at the drain timeout, to close and return (any
+    /// thread).
     void request_stop() noexcept {
         stopping_.store(true, std::memory_order_release);
+        wake();
+    }
+
+    /// After request_stop(): whether the shard has nothing left to do (or its drain timed out).
+    bool drained() const noexcept { return drained_.load(std::memory_order_acquire); }
+
+    /// After request_stop(): lets a drained shard close its connections and return (any thread).
+    void release() noexcept {
+        released_.store(true, std::memory_order_release);
         wake();
     }
 
@@ -177,7 +188,14 @@ public:
                 for (auto& [id, c] : conns_)
                     c->draining = true, mark(*c);
             }
-            if (stopping && (idle() || clock::now() >= drain_deadline)) break;
+            if (stopping) {
+                // Drained shards keep their connections until every shard drained (release()):
+                // a client fails a whole server when one of its connections closes.
+                const bool late = clock::now() >= drain_deadline;
+                const bool done = late || idle();
+                drained_.store(done, std::memory_order_release);
+                if (done && (late || released_.load(std::memory_order_acquire))) break;
+            }
             update_interest(); // may resume paused channels, which submit store I/O
             const bool more_io = drain_store();
             close_doomed();
@@ -368,7 +386,8 @@ private:
     }
 
     /// Sets each touched connection's epoll interest: read unless paused, over its in-flight
-    /// cap or draining; write while frames are queued.
+    /// cap or draining (a draining connection still reads the rest of the values it is
+    /// receiving); write while frames are queued.
     void update_interest() {
         // Handling a connection may mark others (buffers given back): they go to the next round.
         auto dirty = std::exchange(dirty_, {});
@@ -387,7 +406,9 @@ private:
                 }
             }
             std::uint32_t want = 0;
-            if (!c.ch.paused() && !c.draining && !over_cap(c)) want |= EPOLLIN;
+            // Draining: read only while a put's value is still arriving, so that it can finish.
+            const bool read = !c.draining || !c.puts.empty();
+            if (!c.ch.paused() && read && !over_cap(c)) want |= EPOLLIN;
             if (c.ch.want_write()) want |= EPOLLOUT;
             if (want != c.interest) {
                 epoll_event ev{};
@@ -654,6 +675,7 @@ private:
     /// A delete writes a tombstone record and flushes before it is acknowledged.
     void do_del(connection& c, std::uint64_t id, std::span<const std::byte> key) {
         counters_.dels.fetch_add(1, std::memory_order_relaxed);
+        if (c.draining) return reply(c, protocol::opcode::del, id, shutting_down());
         if (!owns(key)) return wrong_shard(c, protocol::opcode::del, id);
         auto op = std::make_shared<put_op>();
         op->conn_id = c.id;
@@ -670,6 +692,9 @@ private:
         advance(op);
     }
 
+    /// The answer to a request that arrives while the shard drains (stop()): nothing was done.
+    static std::error_code shutting_down() { return make_error_code(errc::unavailable); }
+
     void wrong_shard(connection& c, protocol::opcode op, std::uint64_t id) {
         counters_.wrong_shard.fetch_add(1, std::memory_order_relaxed);
         reply(c, op, id, make_error_code(errc::wrong_shard));
@@ -682,6 +707,7 @@ private:
         const bool metas = h.flags & protocol::flags::want_meta;
         const auto now = now_ms();
         std::vector<std::string> meta_store; // keeps metadata alive while encoding
+        if (c.draining) return reply(c, protocol::opcode::exists, h.request_id, shutting_down());
         for (const auto& k : keys) {
             if (!owns(k)) return wrong_shard(c, protocol::opcode::exists, h.request_id);
             const auto* e = engine_.find(storage::index_key(c.tenant, k), now);
@@ -707,7 +733,9 @@ private:
                    std::uint64_t ttl_s) {
         counters_.puts.fetch_add(1, std::memory_order_relaxed);
         std::error_code refuse;
-        if (!owns(key)) {
+        if (c.draining) {
+            refuse = shutting_down(); // its value is read and dropped
+        } else if (!owns(key)) {
             refuse = make_error_code(errc::wrong_shard);
             counters_.wrong_shard.fetch_add(1, std::memory_order_relaxed);
         }
@@ -1011,6 +1039,7 @@ private:
     void start_get(connection& c, std::uint64_t id, std::span<const std::byte> key,
                    std::uint64_t offset, std::uint64_t length) {
         counters_.gets.fetch_add(1, std::memory_order_relaxed);
+        if (c.draining) return reply(c, protocol::opcode::get, id, shutting_down());
         if (!owns(key)) return wrong_shard(c, protocol::opcode::get, id);
         const auto* e = engine_.find(storage::index_key(c.tenant, key), now_ms());
         if (!e) {
@@ -1278,7 +1307,7 @@ private:
     buffer_pool pool_;
     shard_counters& counters_;
     unique_fd epoll_, wake_;
-    std::atomic<bool> stopping_{false};
+    std::atomic<bool> stopping_{false}, drained_{false}, released_{false};
     std::mutex inbox_mutex_;
     std::deque<std::unique_ptr<attached_connection<stream_type>>> inbox_;
     std::unordered_map<std::uint64_t, std::unique_ptr<connection>> conns_;
