@@ -13,6 +13,7 @@
 #include <sys/eventfd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <list>
 #include <mutex>
@@ -177,13 +178,14 @@ public:
         return {};
     }
 
-    /// Stops accepting, drains (up to drain_timeout): the requests received are answered, the
-    /// values still arriving are read and stored, new requests are refused (errc::unavailable,
-    /// nothing done); then closes every connection and joins the threads. Idempotent; safe from
-    /// any thread but a shard's.
+    /// Stops accepting and drains, up to drain_timeout: requests already read are answered; a
+    /// connection receiving a put's value keeps reading until the value is in, and answers the
+    /// other requests it reads meanwhile with errc::closed (nothing done; ping and stats are
+    /// answered); other connections are not read. Then every connection is closed (a request
+    /// never read fails on the client as unavailable), store I/O completes, the threads are
+    /// joined. Idempotent; safe from any thread but a shard's.
     void stop() {
-        if (!running_) return;
-        running_ = false;
+        if (!running_.exchange(false)) return;
         stopping_.store(true, std::memory_order_release);
         std::uint64_t one = 1;
         [[maybe_unused]] auto r = ::write(wake_.get(), &one, sizeof(one));
@@ -480,7 +482,7 @@ private:
     std::thread acceptor_;
     detail::unique_fd epoll_, wake_;
     std::atomic<bool> stopping_{false};
-    bool running_ = false;
+    std::atomic<bool> running_{false};
     std::list<pending> pending_;
     std::uint64_t next_pending_ = 0;
     std::atomic<std::uint64_t> handshake_failures_{0};

@@ -59,7 +59,8 @@ struct server_config {
     /// Connections between accept and attach; beyond it new connections are closed at once
     /// (each costs a socket and about 300 bytes until it authenticates or times out).
     std::size_t max_pending_connections = 4096;
-    /// Time stop() lets in-flight requests finish before closing connections.
+    /// Time stop() lets requests already read, and values still arriving, finish before closing
+    /// connections (server::stop()).
     std::chrono::milliseconds drain_timeout{2000};
     /// Persistent stores: a store formatted for another shard count is refused unless this is
     /// set, and then wiped and reformatted.

@@ -210,8 +210,17 @@ public:
         }
         while (!conns_.empty())
             close_connection(conns_.begin()->first);
-        while (drain_store()) {
+        // Every store I/O completes (and a failed put voids its header) before the seal.
+        const auto io_deadline = clock::now() + std::chrono::seconds(30);
+        while ((drain_store() || !inflight_io_.empty()) && clock::now() < io_deadline) {
+            if (store_.notify_fd() >= 0 && !inflight_io_.empty()) {
+                pollfd p{store_.notify_fd(), POLLIN, 0};
+                ::poll(&p, 1, 10);
+            }
         }
+        if (!inflight_io_.empty())
+            log_warn("shard {}: {} store I/Os still in flight after 30 s at shutdown", index_,
+                     inflight_io_.size());
         doomed_.clear();
         // Seal the open region so that the next start reads its summary instead of scanning.
         if (auto r = engine_.seal_open_region(); !r)
@@ -361,6 +370,7 @@ private:
             c->tenant = std::move(a->tenant);
             c->shard = this;
             c->last_request = a->attach_request_id;
+            c->draining = stopping_.load(std::memory_order_acquire); // adopted during stop()
             const int fd = c->ch.stream().fd();
             if (!add_fd(fd, EPOLLIN, id)) continue;
             c->interest = EPOLLIN;
@@ -692,8 +702,9 @@ private:
         advance(op);
     }
 
-    /// The answer to a request that arrives while the shard drains (stop()): nothing was done.
-    static std::error_code shutting_down() { return make_error_code(errc::unavailable); }
+    /// The answer to a request that arrives while the shard drains (stop()): nothing was done
+    /// (status `closed`: "the server is shutting down", docs/protocol.md).
+    static std::error_code shutting_down() { return make_error_code(errc::closed); }
 
     void wrong_shard(connection& c, protocol::opcode op, std::uint64_t id) {
         counters_.wrong_shard.fetch_add(1, std::memory_order_relaxed);
