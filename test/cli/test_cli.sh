@@ -43,6 +43,18 @@ split_env() { # sets envs and args from "NAME=VALUE... -- ARGS..."
     args=("$@")
 }
 
+# expect_status WHAT STATUS COMMAND...: COMMAND must exit with STATUS.
+expect_status() {
+    local what=$1 want=$2 rc=0
+    shift 2
+    "$@" >"$tmp/out" 2>&1 || rc=$?
+    if [[ $rc -ne $want ]]; then
+        fail "$what: exit status $rc, expected $want: $(cat "$tmp/out")"
+    else
+        echo "ok: $what: exit $rc, $(cat "$tmp/out")"
+    fi
+}
+
 # expect_usage_error WHAT MESSAGE [NAME=VALUE...] -- FLAGS...: memkv-server, with those
 # environment variables, must exit 2 and print MESSAGE.
 expect_usage_error() {
@@ -134,20 +146,9 @@ elif ! grep -qx 'server0.up 1' "$tmp/stats" || ! grep -qx 'server1.up 0' "$tmp/s
 else
     echo "ok: memkv-cli stats with server 1 dead: exit 3, $(cat "$tmp/stats.err")"
 fi
-rc=0
-"$cli_bin" --servers "$endpoint_a,$endpoint_b" ping >"$tmp/ping" 2>&1 || rc=$?
-if [[ $rc -ne 3 ]]; then
-    fail "memkv-cli ping with server 1 dead: exit status $rc, expected 3: $(cat "$tmp/ping")"
-else
-    echo "ok: memkv-cli ping with server 1 dead: exit 3, $(cat "$tmp/ping")"
-fi
-rc=0
-"$cli_bin" --servers "$endpoint_a" ping >"$tmp/ping" 2>&1 || rc=$?
-if [[ $rc -ne 0 ]]; then
-    fail "memkv-cli ping with its one server up: exit status $rc: $(cat "$tmp/ping")"
-else
-    echo "ok: memkv-cli ping with its one server up: $(cat "$tmp/ping")"
-fi
+expect_status "memkv-cli ping with server 1 dead" 3 \
+    "$cli_bin" --servers "$endpoint_a,$endpoint_b" ping
+expect_status "memkv-cli ping with its one server up" 0 "$cli_bin" --servers "$endpoint_a" ping
 
 if ((failures > 0)); then
     echo "$failures check(s) failed" >&2

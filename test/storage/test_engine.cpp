@@ -99,12 +99,28 @@ void wipe_trailers(shared_memory_device& dev) {
         std::memset(dev.data + r + (8u << 20) - storage::meta_block, 0, storage::meta_block);
 }
 
+/// Key -> the version last acknowledged for it; nullopt: deleted.
+using version_model = std::map<std::string, std::optional<std::uint64_t>>;
+
+/// Every key of `model` reads back at its version, or misses if it was deleted.
+void check_model(running& r, const version_model& model) {
+    for (const auto& [key, version] : model) {
+        auto g = r.cl->get(key);
+        if (!version) {
+            CHECK(g.error() == make_error_code(errc::not_found));
+            continue;
+        }
+        REQUIRE(g);
+        CHECK(version_of(key, *g) == version);
+    }
+}
+
 } // namespace
 
 TEST_CASE("values survive a clean restart exactly, deletes stay deleted", "[storage][restart]") {
     auto dev = std::make_shared<shared_memory_device>(device_size);
     auto plan = std::make_shared<fault_plan>(test::seed());
-    std::map<std::string, std::optional<std::uint64_t>> model; // key -> version, nullopt = deleted
+    version_model model;
     {
         auto r = start(dev, plan);
         auto rng = test::rng(1);
@@ -126,15 +142,7 @@ TEST_CASE("values survive a clean restart exactly, deletes stay deleted", "[stor
     auto r = start(dev, plan);
     CHECK(r.srv->recovered().regions_summarised > 0); // clean shutdown sealed the open regions
     CHECK(r.srv->recovered().corrupt_records == 0);
-    for (const auto& [key, version] : model) {
-        auto g = r.cl->get(key);
-        if (!version) {
-            CHECK(g.error() == make_error_code(errc::not_found));
-            continue;
-        }
-        REQUIRE(g);
-        CHECK(version_of(key, *g) == version);
-    }
+    check_model(r, model);
 }
 
 TEST_CASE("after a crash every acknowledged put is found at its version and deletes stay gone",
@@ -142,7 +150,7 @@ TEST_CASE("after a crash every acknowledged put is found at its version and dele
     auto dev = std::make_shared<shared_memory_device>(device_size);
     auto plan = std::make_shared<fault_plan>(test::seed());
     plan->keep_unflushed = true; // a process crash: what the kernel accepted survives
-    std::map<std::string, std::optional<std::uint64_t>> model;
+    version_model model;
     {
         auto r = start(dev, plan);
         auto rng = test::rng(2);
@@ -161,28 +169,17 @@ TEST_CASE("after a crash every acknowledged put is found at its version and dele
         r.srv->stop();
     }
     plan->power_lost = false;
-    auto check = [&](running& r) {
-        for (const auto& [key, version] : model) {
-            auto g = r.cl->get(key);
-            if (!version) {
-                CHECK(g.error() == make_error_code(errc::not_found));
-                continue;
-            }
-            REQUIRE(g);
-            CHECK(version_of(key, *g) == version);
-        }
-    };
     {
         auto r = start(dev, plan);
         CHECK(r.srv->recovered().regions_scanned > 0);
-        check(r);
+        check_model(r, model);
         r.cl.reset();
         r.srv->stop(); // a clean shutdown summarises the regions the crash left unsummarised
     }
     auto r = start(dev, plan);
     CHECK(r.srv->recovered().regions_scanned == 0);
     CHECK(r.srv->recovered().regions_summarised > 0);
-    check(r);
+    check_model(r, model);
 }
 
 TEST_CASE("after a power cut flushed state survives exactly and the rest is old, new or absent",
