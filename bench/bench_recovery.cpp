@@ -4,6 +4,7 @@
 // crash (no summaries: every region scanned). Prints one line per measurement.
 //
 //   bench_recovery [entries=1000000] [file=/var/tmp/memkv-recovery.bin] [value_bytes=4096]
+#include <memkv/concepts.hpp>
 #include <memkv/storage/engine.hpp>
 
 #include <fcntl.h>
@@ -13,13 +14,16 @@
 #include <cstdio>
 #include <cstdlib>
 #include <string>
+#include <vector>
 
 namespace {
 
 using namespace memkv;
 
-/// Metadata and record I/O with pread/pwrite on a file (what the engine's meta_io asks for).
-class file_io final : public storage::meta_io {
+/// The engine's metadata I/O with pread/pwrite on a file: synchronous reads for recovery, and
+/// writes, flushes and discards done at once whose completions wait in done() for the caller
+/// to hand back (engine::on_meta_io), as a shard would when its store completes them.
+class file_io final : public storage::meta_reader, public storage::meta_submitter {
 public:
     explicit file_io(int fd) : fd_(fd) {}
     result<void> read(std::uint64_t off, std::span<std::byte> b) override {
@@ -27,22 +31,39 @@ public:
                    ? result<void>()
                    : result<void>(errno_code(errno ? errno : EIO));
     }
-    result<void> write(std::uint64_t off, std::span<const std::byte> b) override {
+    result<void> write(std::uint64_t off, std::span<const std::byte> b) {
         return ::pwrite(fd_, b.data(), b.size(), static_cast<off_t>(off)) == ssize_t(b.size())
                    ? result<void>()
                    : result<void>(errno_code(errno ? errno : EIO));
     }
-    result<void> flush() override {
-        return ::fdatasync(fd_) == 0 ? result<void>() : errc::internal;
+    result<void> write(std::uint64_t off, std::span<const std::byte> b,
+                       std::uint64_t token) override {
+        auto r = write(off, b);
+        done_.push_back({token, r ? static_cast<std::int64_t>(b.size()) : -EIO});
+        return {};
     }
-    result<void> discard(std::uint64_t off, std::uint64_t len) override {
+    result<void> flush(std::uint64_t token) override {
+        done_.push_back({token, ::fdatasync(fd_) == 0 ? 0 : -EIO});
+        return {};
+    }
+    result<void> discard(std::uint64_t off, std::uint64_t len, std::uint64_t token) override {
         ::fallocate(fd_, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(off),
                     static_cast<off_t>(len));
+        done_.push_back({token, 0});
         return {};
+    }
+    /// Hands every completed metadata operation back to `e`.
+    void complete(storage::engine& e) {
+        while (!done_.empty()) {
+            auto c = done_.front();
+            done_.erase(done_.begin());
+            e.on_meta_io(c.tag, c.res);
+        }
     }
 
 private:
     int fd_;
+    std::vector<io_completion> done_;
 };
 
 /// Bytes allocated on the heap now (glibc).
@@ -87,7 +108,7 @@ int main(int argc, char** argv) {
                 path.c_str(), double(length) / (1ull << 30));
     {
         auto e = make_engine(io, length);
-        (void)e.recover(); // a blank file: every region free
+        (void)e.recover(io); // a blank file: every region free
         storage::aligned_buffer hdr(storage::meta_block);
         // Values are all zeros: the sparse file reads them back as such without their being
         // written, and recovery checks the CRCs of the values it scans.
@@ -105,20 +126,26 @@ int main(int argc, char** argv) {
             info.key = "prefix-hash-" + std::to_string(i * 2654435761u);
             info.value_len = value;
             info.crcs = zero_crcs;
-            auto t = e.reserve(
-                storage::index_key(info.tenant,
-                                   std::as_bytes(std::span(info.key.data(), info.key.size()))),
-                value, false, storage::record_header_bytes(info));
+            const auto key = storage::index_key(
+                info.tenant, std::as_bytes(std::span(info.key.data(), info.key.size())));
+            auto t = e.reserve(key, value, false, storage::record_header_bytes(info));
+            while (t && !*t) { // a region is being reclaimed: its metadata I/O is done
+                io.complete(e);
+                t = e.reserve(key, value, false, storage::record_header_bytes(info));
+            }
             if (!t) {
                 std::fprintf(stderr, "reserve %llu: %s\n", static_cast<unsigned long long>(i),
                              t.error().message().c_str());
                 return 1;
             }
-            info.version = t->version;
-            e.header_block(*t, info, hdr.block());
+            auto& ticket = **t;
+            io.complete(e); // the region's open header, if a region was opened
+            info.version = ticket.version;
+            e.header_block(ticket, info, hdr.block());
             // Only the header is written: the value's zeros are the file's hole.
-            if (!io.write(t->header_offset, hdr.span())) return 1;
-            if (!e.commit(std::move(*t), std::move(info))) return 1;
+            if (!io.write(ticket.header_offset, hdr.span())) return 1;
+            if (!e.commit(std::move(ticket), std::move(info))) return 1;
+            io.complete(e);
         }
         std::printf("fill: %.2f s\n",
                     std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
@@ -127,13 +154,16 @@ int main(int argc, char** argv) {
     for (const bool crash : {true, false}) {
         if (!crash) { // a clean shutdown seals the open region; recover once to get there
             auto e = make_engine(io, length);
-            if (!e.recover() || !e.seal_open_region()) return 1;
+            if (!e.recover(io)) return 1;
+            e.seal_all();
+            io.complete(e);
+            if (e.meta_busy()) return 1;
         }
         ::fdatasync(fd);
         ::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED); // a cold page cache
         const auto heap0 = heap_bytes();
         auto e = make_engine(io, length);
-        auto rs = e.recover();
+        auto rs = e.recover(io);
         if (!rs) {
             std::fprintf(stderr, "recover: %s\n", rs.error().message().c_str());
             return 1;

@@ -551,7 +551,7 @@ int run(options o) {
     }
 
     setup_info si;
-    std::unique_ptr<memkv::memory_server> embedded;
+    std::optional<memkv::memory_server> embedded;
     if (o.servers.empty()) {
         memkv::server_config cfg;
         cfg.listen = {"127.0.0.1:0"};
@@ -573,7 +573,7 @@ int run(options o) {
                        program, o.shards, double(o.capacity) / gib, srv.error().message());
             return exit_errors;
         }
-        if (auto r = (*srv)->start(); !r) {
+        if (auto r = srv->start(); !r) {
             fmt::print(stderr, "{}: error: cannot start the embedded server: {}\n", program,
                        r.error().message());
             return exit_errors;

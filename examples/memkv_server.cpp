@@ -489,7 +489,7 @@ int serve(const options& o, const memkv::server_config& cfg, typename Server::st
         return e == memkv::errc::invalid_argument || e == memkv::errc::rejected ? exit_usage
                                                                                 : exit_runtime;
     }
-    auto& srv = **created;
+    auto& srv = *created;
     if (auto r = srv.start(); !r) {
         // start() has logged which endpoint failed and why.
         if (r.error() == memkv::errc::unauthenticated)

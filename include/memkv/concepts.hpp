@@ -2,6 +2,7 @@
 // The two policy concepts memkv's server is composed from: transport and store.
 #pragma once
 
+#include <memkv/protocol/payload_ref.hpp>
 #include <memkv/result.hpp>
 
 #include <sys/uio.h>
@@ -129,6 +130,45 @@ concept store =
         { s.discard(offset, length, tag) } -> std::same_as<result<void>>;
         { s.poll(out) } -> std::same_as<std::size_t>;
         { cs.notify_fd() } -> std::same_as<int>;
+    };
+// clang-format on
+
+// clang-format off
+/// @brief A data path: how the payload bytes of one connection move between the server's pool
+/// buffers and client memory (the seam of docs/architecture.md). The control channel (frames,
+/// MACs) is the same for every transport; only this part differs.
+///
+/// Rules the compiler cannot check:
+///  1. pull() and push() borrow their buffer until that operation's completion is polled.
+///  2. Each accepted pull or push yields exactly one completion {tag, bytes or -errno} from poll(); a refused one (an error returned) yields
+///     none. A pull completes with the bytes of its range, all of them checked against the
+///     frames' or references' checksums (-EBADMSG when they fail).
+///  3. After fence() returns, no earlier pull or push touches either side's memory again; those
+///     not yet completed complete with -ECANCELED at the next poll().
+///  4. bytes_in_flight() counts queued push bytes (the connection's in-flight cap).
+///  5. skip(ref): the bytes of `ref` will never be pulled (a refused or failed PUT): a stream
+///     path reads and drops them, a one-sided path does nothing.
+///  6. `P::reply_rides_payload` is true when a GET's reply header travels with its first pushed
+///     bytes (stream paths: it is announced with announce_reply() before the first push);
+///     false when the reply is sent on the control channel after every push completed
+///     (one-sided paths: the client's memory holds the bytes before it learns they are there).
+///
+/// @code
+/// path.pull({.request = id, .offset = 0, .length = n}, buffer, tag);  // PUT bytes -> buffer
+/// memkv::io_completion done[8];
+/// auto k = path.poll(done);  // done[0] == {tag, n} once the bytes are in and checked
+/// @endcode
+template <class P>
+concept data_path =
+    std::same_as<std::remove_cv_t<decltype(P::reply_rides_payload)>, bool> &&
+    requires(P& p, const P& cp, const protocol::payload_ref& ref, std::span<std::byte> dst,
+             std::span<const std::byte> src, std::uint64_t tag, std::span<io_completion> out) {
+        { p.pull(ref, dst, tag) } -> std::same_as<result<void>>;
+        { p.push(src, ref, tag) } -> std::same_as<result<void>>;
+        { p.skip(ref) } -> std::same_as<void>;
+        { p.poll(out) } -> std::same_as<std::size_t>;
+        { p.fence() } noexcept;
+        { cp.bytes_in_flight() } -> std::same_as<std::size_t>;
     };
 // clang-format on
 

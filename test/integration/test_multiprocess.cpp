@@ -95,13 +95,13 @@ std::string describe_status(int st) {
     {
         auto s = memory_server::create(server_fixture::make_config(2), {.capacity = 1ull << 30});
         if (!s) ::_exit(10);
-        if (!(*s)->start()) ::_exit(11);
-        const std::string ep = (*s)->endpoints()[0] + "\n";
+        if (!s->start()) ::_exit(11);
+        const std::string ep = s->endpoints()[0] + "\n";
         if (::write(fd, ep.data(), ep.size()) != static_cast<ssize_t>(ep.size())) ::_exit(12);
         ::close(fd);
         int sig = 0;
         if (::sigwait(&set, &sig) != 0 || sig != SIGTERM) ::_exit(13);
-        (*s)->stop();
+        s->stop();
     } // the server is destroyed here: every thread joined
     ::_exit(0);
 }

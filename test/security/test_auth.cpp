@@ -607,7 +607,7 @@ TEST_CASE("a non-loopback listener needs a key ring", "[security][auth]") {
     {
         auto s = memory_server::create(cfg, {.capacity = 1ull << 30});
         REQUIRE(s);
-        auto r = (*s)->start();
+        auto r = s->start();
         REQUIRE(!r);
         CHECK(r.error() == errc::unauthenticated);
     }
@@ -616,7 +616,7 @@ TEST_CASE("a non-loopback listener needs a key ring", "[security][auth]") {
         mixed.listen = {"127.0.0.1:0", "0.0.0.0:0"};
         auto s = memory_server::create(mixed, {.capacity = 1ull << 30});
         REQUIRE(s);
-        auto r = (*s)->start();
+        auto r = s->start();
         REQUIRE(!r);
         CHECK(r.error() == errc::unauthenticated);
     }
@@ -626,8 +626,8 @@ TEST_CASE("a non-loopback listener needs a key ring", "[security][auth]") {
         keyed.keys = make_ring({k});
         auto s = memory_server::create(keyed, {.capacity = 1ull << 30});
         REQUIRE(s);
-        REQUIRE((*s)->start());
-        const auto ep = (*s)->endpoints()[0];
+        REQUIRE(s->start());
+        const auto ep = s->endpoints()[0];
         const auto port = ep.substr(ep.rfind(':') + 1);
         client_config cc;
         cc.servers = {"127.0.0.1:" + port};
@@ -637,16 +637,16 @@ TEST_CASE("a non-loopback listener needs a key ring", "[security][auth]") {
         REQUIRE((*c)->put("wide", memkv::test::pattern(9, 10)));
         CHECK(*(*c)->get("wide") == memkv::test::pattern(9, 10));
         // Emptying the ring of a non-loopback server is refused as well.
-        auto rl = (*s)->reload_keys(std::make_shared<auth::key_ring>());
+        auto rl = s->reload_keys(std::make_shared<auth::key_ring>());
         REQUIRE(!rl);
         CHECK(rl.error() == errc::unauthenticated);
-        (*s)->stop();
+        s->stop();
     }
     {
         // Loopback without keys is the development mode: allowed.
         auto lo = memkv::test::make_config(1);
         auto s = memory_server::create(lo, {.capacity = 1ull << 30});
         REQUIRE(s);
-        REQUIRE((*s)->start());
+        REQUIRE(s->start());
     }
 }

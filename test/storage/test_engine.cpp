@@ -55,7 +55,7 @@ std::optional<std::uint64_t> version_of(const std::string& key, const std::vecto
 }
 
 struct running {
-    std::unique_ptr<faulty_server> srv;
+    std::optional<faulty_server> srv;
     std::unique_ptr<client<tcp_transport>> cl;
 };
 
@@ -66,9 +66,9 @@ running start(std::shared_ptr<shared_memory_device> dev, std::shared_ptr<fault_p
     fc.plan = std::move(plan);
     auto s = faulty_server::create(cfg, fc);
     REQUIRE(s);
-    REQUIRE((*s)->start());
+    REQUIRE(s->start());
     client_config cc;
-    cc.servers = {(*s)->endpoints()[0]};
+    cc.servers = {s->endpoints()[0]};
     auto c = client<tcp_transport>::create(cc);
     REQUIRE(c);
     return {std::move(*s), std::move(*c)};
@@ -305,7 +305,7 @@ TEST_CASE("a store formatted for another shard count is refused unless resharded
     three.reshard = true;
     auto s = faulty_server::create(three, fc);
     REQUIRE(s);
-    CHECK((*s)->recovered().entries == 0);
+    CHECK(s->recovered().entries == 0);
 }
 
 TEST_CASE("a damaged superblock is refused unless wiping is allowed", "[storage][superblock]") {

@@ -111,7 +111,7 @@ constexpr std::uint64_t capacity = memkv::storage::data_offset + shards * 2 * 2 
 struct started {
     std::string why;
     std::optional<file_kind> kind = file_kind::make(capacity, why);
-    std::unique_ptr<memkv::file_server> server;
+    std::optional<memkv::file_server> server;
     std::unique_ptr<memkv::default_client> client;
 
     started() {

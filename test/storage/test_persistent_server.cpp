@@ -71,7 +71,7 @@ memkv::server_config small_config() {
 /// A started server over a store of kind `Kind` and a client of it (destroyed first).
 template <class Kind>
 struct live_server {
-    std::unique_ptr<typename Kind::server_type> server;
+    std::optional<typename Kind::server_type> server;
     std::unique_ptr<memkv::default_client> client;
 
     live_server(const Kind& kind, const memkv::server_config& cfg) {

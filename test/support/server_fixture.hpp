@@ -9,6 +9,7 @@
 #include <cstring>
 #include <unistd.h>
 #include <memory>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
@@ -25,7 +26,7 @@ inline server_config make_config(std::uint32_t shards = 2) {
 
 /// A memory_store server over TCP (and a Unix socket when `with_unix`) on an ephemeral port.
 struct server_fixture {
-    std::unique_ptr<memory_server> server;
+    std::optional<memory_server> server;
     std::string tcp_endpoint;
     std::string unix_endpoint;
 
