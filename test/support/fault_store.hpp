@@ -1,19 +1,27 @@
 // SPDX-License-Identifier: Apache-2.0
 // fault_store<Inner>: a store that wraps a real one and injects faults from a seeded generator:
-// EIO, short I/O, ENOSPC, misdirected writes, byte corruption, TRIM as a no-op, and power cuts
-// that lose a random subset of unflushed writes and tear multi-block writes at block boundaries.
+// EIO, short I/O, ENOSPC, misdirected writes, byte corruption, TRIM as a no-op, slow flushes and
+// discards, and power cuts that lose a random subset of unflushed writes and tear multi-block
+// writes at block boundaries.
 #pragma once
 
 #include <memkv/concepts.hpp>
+#include <memkv/detail/socket.hpp>
 
 #include <poll.h>
+#include <sys/epoll.h>
+#include <sys/timerfd.h>
+#include <time.h>
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
+#include <chrono>
 #include <cstring>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <vector>
 
@@ -40,6 +48,12 @@ struct fault_plan {
     /// With power_lost: keep every unflushed write at close (a process crash: whatever the
     /// kernel accepted survives) instead of cutting power.
     bool keep_unflushed = false;
+    /// Slow metadata I/O: a flush (discard) completes, that is its completion is returned by
+    /// poll(), no sooner than this long after its submission, and never before the inner
+    /// store completed it. Neither submission nor poll() waits for it; notify_fd() becomes
+    /// readable when it is due. Read at each submission: set them before the stores run.
+    std::chrono::milliseconds flush_delay{0};
+    std::chrono::milliseconds discard_delay{0}; ///< as flush_delay, for discards
 
     explicit fault_plan(std::uint64_t seed) : rng(seed) {}
 
@@ -62,6 +76,18 @@ struct fault_plan {
 
 /// A store that behaves like `Inner` with the faults of its plan. Writes are buffered until a
 /// flush (reads see them), so that a power cut can decide what reached the device.
+///
+/// A flush takes its snapshot at submission: the writes buffered then are written through to
+/// the inner store and flushed there at once, and only the completion waits for the plan's
+/// flush_delay. Writes submitted later stay buffered (a power cut may still lose them), so a
+/// delayed flush never covers less than rule 4 of memkv::store asks, whatever follows it.
+/// (A power cut while the completion waits keeps the snapshot: a store may make writes durable
+/// before it says so.)
+///
+/// notify_fd() is always a real descriptor, readable when poll() has something to return or an
+/// inner completion is pending: a timerfd (armed at once for completions already queued, or
+/// for when the next delayed one is due), or, when the inner store has a notify_fd of its own,
+/// an epoll descriptor watching both.
 template <store Inner>
 class fault_store {
 public:
@@ -93,6 +119,19 @@ public:
         fault_store f;
         f.inner_ = std::make_unique<Inner>(std::move(*in));
         f.plan_ = c.plan;
+        f.timer_.reset(::timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC));
+        if (!f.timer_) return errno_code(errno);
+        if (const int inner_fd = f.inner_->notify_fd(); inner_fd >= 0) {
+            f.epoll_.reset(::epoll_create1(EPOLL_CLOEXEC));
+            if (!f.epoll_) return errno_code(errno);
+            for (const int fd : {inner_fd, f.timer_.get()}) {
+                epoll_event ev{};
+                ev.events = EPOLLIN;
+                ev.data.fd = fd;
+                if (::epoll_ctl(f.epoll_.get(), EPOLL_CTL_ADD, fd, &ev) != 0)
+                    return errno_code(errno);
+            }
+        }
         return f;
     }
 
@@ -109,7 +148,7 @@ public:
 
     std::uint32_t block_size() const noexcept { return inner_->block_size(); }
     std::uint64_t capacity() const noexcept { return inner_->capacity(); }
-    int notify_fd() const noexcept { return inner_->notify_fd(); }
+    int notify_fd() const noexcept { return epoll_ ? epoll_.get() : timer_.get(); }
 
     result<void> read(std::uint64_t offset, std::span<std::byte> buf, std::uint64_t tag) noexcept {
         const auto t = ++next_tag_;
@@ -141,17 +180,20 @@ public:
     }
 
     result<void> flush(std::uint64_t tag) noexcept {
-        if (plan_->power_lost) return done(tag, 0);
-        MEMKV_TRY(write_through());
+        const auto due = due_after(plan_->flush_delay);
+        if (plan_->power_lost) return done(tag, 0, due);
+        MEMKV_TRY(write_through()); // the snapshot: every write buffered now
         const auto t = ++next_tag_;
         MEMKV_TRY(inner_->flush(t));
-        flushes_.emplace(t, tag);
+        flushes_.emplace(t, metadata_op{tag, due});
+        if (due != 0) rearm();
         return {};
     }
 
     result<void> discard(std::uint64_t offset, std::uint64_t length, std::uint64_t tag) noexcept {
         MEMKV_TRY(check(offset, length, nullptr));
-        if (plan_->trim_noop || plan_->power_lost) return done(tag, 0);
+        const auto due = due_after(plan_->discard_delay);
+        if (plan_->trim_noop || plan_->power_lost) return done(tag, 0, due);
         // Unflushed writes into the range are overtaken by the discard.
         std::erase_if(unflushed_, [&](const auto& w) {
             return w.offset >= offset && w.offset + w.data.size() <= offset + length;
@@ -159,11 +201,14 @@ public:
         MEMKV_TRY(write_through());
         const auto t = ++next_tag_;
         MEMKV_TRY(inner_->discard(offset, length, t));
-        flushes_.emplace(t, tag);
+        flushes_.emplace(t, metadata_op{tag, due});
+        if (due != 0) rearm();
         return {};
     }
 
+    /// Returns what completed, delayed flushes and discards once due. Never waits.
     std::size_t poll(std::span<io_completion> out) noexcept {
+        release_due();
         std::size_t n = 0;
         while (n < out.size() && !ready_.empty()) {
             out[n++] = ready_.front();
@@ -174,8 +219,9 @@ public:
             const auto k = inner_->poll(std::span(in, std::min<std::size_t>(32, out.size() - n)));
             if (k == 0) break;
             for (std::size_t i = 0; i < k; ++i)
-                out[n++] = translate(in[i]);
+                if (auto c = translate(in[i])) out[n++] = *c;
         }
+        rearm();
         return n;
     }
 
@@ -223,6 +269,22 @@ private:
         std::uint64_t offset;
         std::vector<std::byte> data;
     };
+    /// A flush or discard submitted to the inner store.
+    struct metadata_op {
+        std::uint64_t tag; // the user's
+        std::int64_t due;  // CLOCK_MONOTONIC ns before which it does not complete; 0: no delay
+    };
+
+    static std::int64_t now_ns() noexcept {
+        timespec ts{};
+        ::clock_gettime(CLOCK_MONOTONIC, &ts);
+        return std::int64_t(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
+    }
+    /// When an operation submitted now with `delay` is due (0: at once).
+    static std::int64_t due_after(std::chrono::milliseconds delay) noexcept {
+        if (delay.count() <= 0) return 0;
+        return now_ns() + std::chrono::duration_cast<std::chrono::nanoseconds>(delay).count();
+    }
 
     result<void> check(std::uint64_t offset, std::uint64_t length, const void* buf) const {
         const auto bs = block_size();
@@ -232,22 +294,72 @@ private:
         return {};
     }
 
-    result<void> done(std::uint64_t tag, std::int64_t res) {
-        ready_.push_back({tag, res});
+    /// Queues the completion of an operation that completed at submission, for poll() now or
+    /// (with a delay) at `due`.
+    result<void> done(std::uint64_t tag, std::int64_t res, std::int64_t due = 0) {
+        complete({tag, res}, due);
         return {};
     }
 
-    io_completion translate(const io_completion& c) {
+    /// Queues `c` for poll(): at once, or at `due` if that is still to come.
+    void complete(io_completion c, std::int64_t due) {
+        if (due != 0 && due > now_ns())
+            delayed_.emplace(due, c);
+        else
+            ready_.push_back(c);
+        rearm();
+    }
+
+    /// Moves the delayed completions that are due to ready_, in the order they fall due.
+    void release_due() {
+        const auto now = now_ns();
+        while (!delayed_.empty() && delayed_.begin()->first <= now) {
+            ready_.push_back(delayed_.begin()->second);
+            delayed_.erase(delayed_.begin());
+        }
+    }
+
+    /// Arms the timerfd at once when completions are queued, otherwise for when the next
+    /// delayed one is due (one waiting here, or one the inner store has not completed yet: a
+    /// caller may wait on notify_fd() before it polls), and disarms it when nothing is to come
+    /// (setting it resets its readability). An overdue one that the inner store has not
+    /// completed is signalled by the inner store's own notify_fd.
+    void rearm() noexcept {
+        const auto now = now_ns();
+        std::int64_t want = 0;
+        if (!ready_.empty()) {
+            want = 1; // long past: fires at once
+        } else {
+            if (!delayed_.empty()) want = delayed_.begin()->first;
+            for (const auto& [inner_tag, op] : flushes_)
+                if (op.due > now && (want == 0 || op.due < want)) want = op.due;
+        }
+        if (want != 0 && want <= now) want = 1;
+        // A timer that already fired for a time in the past stays readable: nothing to change.
+        if (want == armed_ || (want == 1 && armed_ != 0 && armed_ <= now)) return;
+        itimerspec its{};
+        its.it_value.tv_sec = want / 1'000'000'000;
+        its.it_value.tv_nsec = want % 1'000'000'000;
+        if (::timerfd_settime(timer_.get(), TFD_TIMER_ABSTIME, &its, nullptr) == 0) armed_ = want;
+    }
+
+    /// The user's completion for inner completion `c`, or none: a flush or discard that is not
+    /// due yet waits in delayed_.
+    std::optional<io_completion> translate(const io_completion& c) {
         if (auto f = flushes_.find(c.tag); f != flushes_.end()) {
-            const auto tag = f->second;
+            const auto op = f->second;
             flushes_.erase(f);
-            return {tag, c.res};
+            if (op.due != 0 && op.due > now_ns()) {
+                complete({op.tag, c.res}, op.due);
+                return std::nullopt;
+            }
+            return io_completion{op.tag, c.res};
         }
         auto it = reads_.find(c.tag);
-        if (it == reads_.end()) return {0, -EIO}; // internal write-through: not reported
+        if (it == reads_.end()) return io_completion{0, -EIO}; // internal write-through
         auto r = it->second;
         reads_.erase(it);
-        if (c.res < 0) return {r.tag, c.res};
+        if (c.res < 0) return io_completion{r.tag, c.res};
         // Unflushed writes overlay what the device has.
         for (const auto& w : unflushed_) {
             const auto lo = std::max(w.offset, r.offset);
@@ -256,12 +368,12 @@ private:
                 std::memcpy(r.buf.data() + (lo - r.offset), w.data.data() + (lo - w.offset),
                             hi - lo);
         }
-        if (plan_->roll(plan_->read_eio)) return {r.tag, -EIO};
+        if (plan_->roll(plan_->read_eio)) return io_completion{r.tag, -EIO};
         if (!r.buf.empty() && plan_->roll(plan_->corrupt_read))
             r.buf[plan_->next() % r.buf.size()] ^= std::byte{0xa5};
         if (r.buf.size() > block_size() && plan_->roll(plan_->short_io))
-            return {r.tag, static_cast<std::int64_t>(r.buf.size() - block_size())};
-        return {r.tag, c.res};
+            return io_completion{r.tag, static_cast<std::int64_t>(r.buf.size() - block_size())};
+        return io_completion{r.tag, c.res};
     }
 
     /// Writes every unflushed write to the inner store, synchronously.
@@ -294,10 +406,10 @@ private:
                     if (in[i].res < 0) return errno_code(static_cast<int>(in[i].res));
                     // keep scanning the rest of this batch
                     for (std::size_t j = i + 1; j < k; ++j)
-                        ready_.push_back(translate(in[j]));
+                        if (auto c = translate(in[j])) complete(*c, 0);
                     return {};
                 }
-                ready_.push_back(translate(in[i]));
+                if (auto c = translate(in[i])) complete(*c, 0);
             }
             if (k == 0 && inner_->notify_fd() >= 0) {
                 pollfd p{inner_->notify_fd(), POLLIN, 0};
@@ -310,9 +422,12 @@ private:
     std::shared_ptr<fault_plan> plan_;
     std::uint64_t next_tag_ = 1ull << 62; // distinct from the user's tags
     std::map<std::uint64_t, pending_read> reads_;
-    std::map<std::uint64_t, std::uint64_t> flushes_; // inner tag -> user tag
+    std::map<std::uint64_t, metadata_op> flushes_; // flushes and discards, by inner tag
     std::vector<unflushed> unflushed_;
     std::vector<io_completion> ready_;
+    std::multimap<std::int64_t, io_completion> delayed_; // by when due (CLOCK_MONOTONIC ns)
+    detail::unique_fd timer_, epoll_;                    // notify_fd(): epoll_ if open
+    std::int64_t armed_ = 0; // what timer_ is set to (CLOCK_MONOTONIC ns), 0: disarmed
 };
 
 } // namespace memkv::test
