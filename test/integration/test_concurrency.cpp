@@ -16,6 +16,7 @@
 #include <cstring>
 #include <deque>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -189,7 +190,7 @@ private:
 /// A server over gated_store (TCP on loopback, `shard_count` shards) whose stores share `gate`.
 struct gated_fixture {
     using server_type = memkv::server<stream_transports, memkv::test::gated_store>;
-    std::unique_ptr<server_type> server;
+    std::optional<server_type> server;
     std::string endpoint;
 
     gated_fixture(std::uint32_t shard_count, std::shared_ptr<memkv::test::gate> gate) {
