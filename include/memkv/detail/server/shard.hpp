@@ -11,6 +11,7 @@
 #include <memkv/detail/inline_data_path.hpp>
 #include <memkv/detail/log.hpp>
 #include <memkv/detail/mailbox.hpp>
+#include <memkv/detail/server/completion_router.hpp>
 #include <memkv/detail/server/connection.hpp>
 #include <memkv/detail/server/shard_services.hpp>
 #include <memkv/detail/server/store_sync_io.hpp>
@@ -42,10 +43,10 @@ struct attached_connection {
 /// The glue of one shard: it owns the store, the engine, the buffer pool and the connections,
 /// runs the loop, and routes every completion, whoever produced it (the store, a data path, the
 /// engine's metadata I/O), to its owner through one tag space; operations that waited for
-/// buffers, space or readiness are retried when the shard has more of them. It is the engine's
-/// meta_submitter: region metadata I/O is submitted like any other and never waited for.
+/// buffers, space or readiness are retried when the shard has more of them. Region metadata I/O
+/// is submitted like any other (store_meta_submitter) and never waited for.
 template <transport Transport, store Store>
-class shard final : private storage::meta_submitter {
+class shard {
     using stream_type = typename Transport::stream;
     using connection_type = connection<stream_type, inline_data_path<stream_type>, Store>;
     using clock = std::chrono::steady_clock;
@@ -66,7 +67,7 @@ public:
     /// Creates the engine over window `ecfg` of the store and recovers its index from the
     /// drive (synchronously: before run()).
     result<storage::recovery_stats> init(storage::engine::config ecfg) {
-        ecfg.io = this;
+        ecfg.io = &meta_;
         auto e = storage::engine::create(ecfg);
         if (!e) return e.error();
         engine_.emplace(std::move(*e));
@@ -146,49 +147,10 @@ public:
 private:
     static constexpr std::uint64_t store_token = event_loop::wake_token - 1;
 
-    // ---- meta_submitter: the engine's region metadata I/O ----------------------------------
-
-    result<void> write(std::uint64_t offset, std::span<const std::byte> buf,
-                       std::uint64_t token) override {
-        return submit_meta(token, buf.size(),
-                           [&](std::uint64_t t) { return store_.write(offset, buf, t); });
-    }
-    result<void> flush(std::uint64_t token) override {
-        return submit_meta(token, 0, [&](std::uint64_t t) { return store_.flush(t); });
-    }
-    result<void> discard(std::uint64_t offset, std::uint64_t length, std::uint64_t token) override {
-        return submit_meta(token, 0,
-                           [&](std::uint64_t t) { return store_.discard(offset, length, t); });
-    }
-    template <class Submit>
-    result<void> submit_meta(std::uint64_t token, std::uint64_t expect, Submit submit) {
-        const auto tag = tags_.add(meta_io_owner{token, expect});
-        if (auto r = submit(tag); !r) {
-            tags_.cancel(tag);
-            return r.error();
-        }
-        return {};
-    }
-
     // ---- completions -----------------------------------------------------------------------
 
-    /// Hands one completion to its owner.
     void route(const io_completion& c) {
-        auto owner = tags_.take(c.tag);
-        if (!owner) return;
-        std::visit(
-            [&](auto& o) {
-                using O = std::decay_t<decltype(o)>;
-                if constexpr (std::is_same_v<O, meta_io_owner>) {
-                    auto res = c.res;
-                    if (res >= 0 && static_cast<std::uint64_t>(res) != o.expect) res = -EIO;
-                    engine_->on_meta_io(o.token, res);
-                    engine_progressed_ = true;
-                } else {
-                    o.op->on_io(o, c.res);
-                }
-            },
-            *owner);
+        if (route_completion(tags_, *engine_, c)) engine_progressed_ = true;
     }
 
     /// Retries the operations that waited, once buffers came back or the engine progressed.
@@ -368,6 +330,7 @@ private:
     shard_counters& counters_;
     std::optional<storage::engine> engine_;
     io_tags<Store> tags_;
+    store_meta_submitter<Store> meta_{store_, tags_};
     wait_list waiters_;
     std::optional<shard_services<Store>> services_;
     std::optional<event_loop> loop_;
