@@ -70,6 +70,7 @@ class body_writer {
 public:
     explicit body_writer(std::vector<std::byte>& out) noexcept : out_(out) {}
     explicit body_writer(std::span<std::byte> out) noexcept : out_(out) {}
+    /// Appends a u8/u16/u32/u64.
     void u8(std::uint8_t v) noexcept {
         assert(room(1));
         out_[pos_++] = std::byte{v};
@@ -89,6 +90,7 @@ public:
         store_le64(out_.data() + pos_, v);
         pos_ += 8;
     }
+    /// Appends `b`.
     void bytes(std::span<const std::byte> b) noexcept {
         assert(room(b.size()));
         std::copy(b.begin(), b.end(), out_.begin() + static_cast<std::ptrdiff_t>(pos_));

@@ -11,7 +11,9 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <cassert>
 #include <cstring>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -54,26 +56,35 @@ inline protocol::detail::body_writer zeroed_writer(std::span<std::byte> out) noe
     return protocol::detail::body_writer(out);
 }
 
-/// Region headers and trailers: a u32 magic and their fields in bytes [0, 32), then the keyed
-/// checksum of those bytes.
+/// Region headers and trailers ("sealed" blocks): a u32 magic and their fields in bytes [0, 32),
+/// then the keyed checksum of those bytes, then zeros.
 inline constexpr std::size_t sealed_fields = 32;
 
-/// Appends the keyed checksum of everything `w` wrote so far.
-inline void seal(protocol::detail::body_writer& w, std::uint64_t seed) noexcept {
+/// Encodes a sealed block: `magic`, what `fields(body_writer&)` writes (sealed_fields - 4 bytes),
+/// the keyed checksum.
+template <class Fields>
+void write_sealed(std::span<std::byte, meta_block> out, std::uint32_t magic, std::uint64_t seed,
+                  Fields&& fields) noexcept {
+    auto w = zeroed_writer(out);
+    w.u32(magic);
+    fields(w);
+    assert(w.size() == sealed_fields);
     w.u64(keyed_checksum(w.written(), seed));
 }
 
-/// True when `in` starts with `magic` and its keyed checksum (at sealed_fields) is right.
-inline bool sealed_valid(std::span<const std::byte, meta_block> in, std::uint32_t magic,
-                         std::uint64_t seed) noexcept {
+/// A reader of a sealed block's fields after the magic when `in` starts with `magic` and its
+/// keyed checksum is right; nothing otherwise.
+inline std::optional<protocol::detail::body_reader>
+open_sealed(std::span<const std::byte, meta_block> in, std::uint32_t magic,
+            std::uint64_t seed) noexcept {
     protocol::detail::body_reader r(in);
     std::uint32_t got = 0;
     std::uint64_t checksum = 0;
     (void)r.u32(got);
-    if (got != magic) return false;
-    (void)r.skip(sealed_fields - 4);
-    (void)r.u64(checksum);
-    return checksum == keyed_checksum(in.first(sealed_fields), seed);
+    if (got != magic) return std::nullopt;
+    (void)protocol::detail::body_reader(in.subspan(sealed_fields, 8)).u64(checksum);
+    if (checksum != keyed_checksum(in.first(sealed_fields), seed)) return std::nullopt;
+    return r;
 }
 
 /// Bytes of a record header's fixed part, before its strings and CRCs.
@@ -107,6 +118,7 @@ struct superblock {
     std::uint64_t created_unix = 0;
 };
 
+/// What decode_superblock found in one copy.
 enum class superblock_state {
     valid,        ///< a memkv superblock this build understands
     blank,        ///< no memkv magic in either copy: never formatted
@@ -192,37 +204,35 @@ struct region_header {
 /// seq, the keyed checksum of those 32 bytes, zeros.
 inline void encode_region_header(const region_header& h, std::uint64_t seed,
                                  std::span<std::byte, meta_block> out) {
-    auto w = format_detail::zeroed_writer(out);
-    w.u32(region_magic);
-    w.u32(static_cast<std::uint32_t>(h.state));
-    w.u32(h.shard);
-    w.u32(h.region);
-    w.u64(h.generation);
-    w.u64(h.seq);
-    format_detail::seal(w, seed);
+    format_detail::write_sealed(out, region_magic, seed, [&](protocol::detail::body_writer& w) {
+        w.u32(static_cast<std::uint32_t>(h.state));
+        w.u32(h.shard);
+        w.u32(h.region);
+        w.u64(h.generation);
+        w.u64(h.seq);
+    });
 }
 
 /// Decodes a region header; false without the magic, with a wrong checksum or an unknown state.
 inline bool decode_region_header(std::span<const std::byte, meta_block> in, std::uint64_t seed,
                                  region_header& h) {
-    if (!format_detail::sealed_valid(in, region_magic, seed)) return false;
-    protocol::detail::body_reader r(in);
+    auto r = format_detail::open_sealed(in, region_magic, seed);
+    if (!r) return false;
     std::uint32_t st = 0;
-    (void)r.skip(4); // magic
-    (void)r.u32(st);
+    (void)r->u32(st);
     if (st > 1) return false;
     h.state = static_cast<region_state>(st);
-    (void)r.u32(h.shard);
-    (void)r.u32(h.region);
-    (void)r.u64(h.generation);
-    (void)r.u64(h.seq);
+    (void)r->u32(h.shard);
+    (void)r->u32(h.region);
+    (void)r->u64(h.generation);
+    (void)r->u64(h.seq);
     return true;
 }
 
 /// Record flags.
 namespace record_flags {
 inline constexpr std::uint16_t tombstone = 1; ///< a delete: no value follows
-inline constexpr std::uint16_t pinned = 2;
+inline constexpr std::uint16_t pinned = 2;    ///< exempt from eviction (best effort)
 } // namespace record_flags
 
 /// What a record header holds besides its location (everything the index needs).
@@ -371,7 +381,7 @@ inline std::vector<std::byte> encode_summary(std::span<const summary_entry> entr
         w.u32(static_cast<std::uint32_t>(len));
         w.bytes(std::span(tmp).first(len));
     }
-    format_detail::seal(w, seed);
+    w.u64(keyed_checksum(w.written(), seed));
     return out;
 }
 
@@ -430,24 +440,23 @@ struct region_trailer {
 /// length, the keyed checksum of those 32 bytes, zeros.
 inline void encode_trailer(const region_trailer& t, std::uint64_t seed,
                            std::span<std::byte, meta_block> out) {
-    auto w = format_detail::zeroed_writer(out);
-    w.u32(trailer_magic);
-    w.skip(4);
-    w.u64(t.generation);
-    w.u64(t.summary_offset);
-    w.u64(t.summary_len);
-    format_detail::seal(w, seed);
+    format_detail::write_sealed(out, trailer_magic, seed, [&](protocol::detail::body_writer& w) {
+        w.skip(4); // reserved
+        w.u64(t.generation);
+        w.u64(t.summary_offset);
+        w.u64(t.summary_len);
+    });
 }
 
 /// Decodes a trailer; false without the magic or with a wrong checksum.
 inline bool decode_trailer(std::span<const std::byte, meta_block> in, std::uint64_t seed,
                            region_trailer& t) {
-    if (!format_detail::sealed_valid(in, trailer_magic, seed)) return false;
-    protocol::detail::body_reader r(in);
-    (void)r.skip(8); // magic, reserved
-    (void)r.u64(t.generation);
-    (void)r.u64(t.summary_offset);
-    (void)r.u64(t.summary_len);
+    auto r = format_detail::open_sealed(in, trailer_magic, seed);
+    if (!r) return false;
+    (void)r->skip(4); // reserved
+    (void)r->u64(t.generation);
+    (void)r->u64(t.summary_offset);
+    (void)r->u64(t.summary_len);
     return true;
 }
 
