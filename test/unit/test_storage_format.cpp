@@ -43,13 +43,6 @@ std::vector<std::byte> from_hex(std::string_view hex) {
     return out;
 }
 
-/// A metadata block filled with garbage, so that an encoder that leaves a byte unwritten shows.
-block dirty_block() {
-    block b;
-    b.fill(std::byte{0xa5});
-    return b;
-}
-
 /// A metadata block holding `head` at its start, `tail` at its end and zeros between.
 block golden_block(std::string_view head, std::string_view tail = {}) {
     block b{};
@@ -64,6 +57,16 @@ void check_bytes(std::span<const std::byte> got, std::span<const std::byte> want
     const auto diff = std::mismatch(got.begin(), got.end(), want.begin(), want.end());
     INFO("first difference at byte " << (diff.first - got.begin()));
     CHECK(to_hex(got) == to_hex(want));
+}
+
+/// `encode(block&)`, run over a block filled with garbage (so that a byte the encoder leaves
+/// unwritten shows), writes exactly `golden`.
+template <class Encode>
+void check_encodes_to(Encode&& encode, const block& golden) {
+    block b;
+    b.fill(std::byte{0xa5});
+    encode(b);
+    check_bytes(b, golden);
 }
 
 superblock sample_superblock() {
@@ -144,11 +147,9 @@ constexpr std::string_view summary_golden =
 
 TEST_CASE("a superblock is encoded to its golden bytes and decoded back", "[storage][format]") {
     const auto s = sample_superblock();
-    block b = dirty_block();
-    encode_superblock(s, b);
-    check_bytes(b, golden_block(superblock_head, superblock_tail));
-
     const block golden = golden_block(superblock_head, superblock_tail);
+    check_encodes_to([&](block& b) { encode_superblock(s, b); }, golden);
+
     superblock d;
     REQUIRE(decode_superblock(golden, d) == superblock_state::valid);
     CHECK(d.version == format_version);
@@ -193,12 +194,10 @@ TEST_CASE("a superblock decoder tells blank, corrupt and incompatible copies apa
 
 TEST_CASE("a region header is encoded to its golden bytes and decoded back", "[storage][format]") {
     const region_header h{region_state::open, 2, 17, 9, 1234};
-    block b = dirty_block();
-    encode_region_header(h, seed, b);
     const block golden =
         golden_block("4d52474e0100000002000000110000000900000000000000d204000000000000"
                      "14c390aa41b148a9");
-    check_bytes(b, golden);
+    check_encodes_to([&](block& b) { encode_region_header(h, seed, b); }, golden);
 
     region_header d;
     REQUIRE(decode_region_header(golden, seed, d));
@@ -220,10 +219,10 @@ TEST_CASE("a region header is encoded to its golden bytes and decoded back", "[s
 TEST_CASE("a record header is encoded to its golden bytes and decoded back", "[storage][format]") {
     const auto r = sample_record();
     REQUIRE(record_header_bytes(r) == record_golden.size() / 2);
-    block b = dirty_block();
-    encode_record_header(r, record_location, record_generation, seed, b);
     const block golden = golden_block(record_golden);
-    check_bytes(b, golden);
+    check_encodes_to(
+        [&](block& b) { encode_record_header(r, record_location, record_generation, seed, b); },
+        golden);
 
     record_info d;
     REQUIRE(decode_record_header(golden, record_location, record_generation, seed, 1u << 20, d) ==
@@ -280,12 +279,10 @@ TEST_CASE("a region summary is encoded to its golden bytes and decoded back", "[
 
 TEST_CASE("a region trailer is encoded to its golden bytes and decoded back", "[storage][format]") {
     const region_trailer t{5, 0x7ff000, 200};
-    block b = dirty_block();
-    encode_trailer(t, seed, b);
     const block golden =
         golden_block("4d54524c00000000050000000000000000f07f0000000000c800000000000000"
                      "616c12e64ca25200");
-    check_bytes(b, golden);
+    check_encodes_to([&](block& b) { encode_trailer(t, seed, b); }, golden);
 
     region_trailer d;
     REQUIRE(decode_trailer(golden, seed, d));
