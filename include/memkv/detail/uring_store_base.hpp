@@ -59,9 +59,9 @@ protected:
     uring_store_base& operator=(uring_store_base&&) noexcept = default;
     ~uring_store_base() = default;
 
-    /// Rules 1-2 of memkv::store for a range of the window: errc::bad_alignment when the offset,
-    /// the length or the buffer (nullptr: none) is not block aligned; errc::invalid_argument when
-    /// the range does not lie inside the window.
+    /// Checks a range of the window before anything is submitted: errc::bad_alignment when the
+    /// offset, the length or the buffer (nullptr: none) is not block aligned (rule 1 of
+    /// memkv::store); errc::invalid_argument when the range does not lie inside the window.
     result<void> check_range(std::uint64_t offset, std::uint64_t length,
                              const void* buf) const noexcept {
         if (offset % block_size_ != 0 || length % block_size_ != 0 ||
