@@ -4,6 +4,7 @@
 #pragma once
 
 #include <memkv/error.hpp>
+#include <memkv/protocol/body_codec.hpp>
 #include <memkv/protocol/frame.hpp>
 #include <memkv/protocol/limits.hpp>
 #include <memkv/protocol/wire.hpp>
@@ -31,85 +32,6 @@
 // does not fit its field is a precondition violation (asserted in debug builds).
 
 namespace memkv::protocol {
-
-namespace detail {
-
-/// Bounds-checked little-endian cursor over a received body.
-class body_reader {
-public:
-    explicit body_reader(std::span<const std::byte> b) noexcept : b_(b) {}
-    /// Bytes not yet consumed.
-    std::size_t remaining() const noexcept { return b_.size() - pos_; }
-    /// Reads a u8/u16/u32/u64; false (and nothing consumed) if too few bytes remain.
-    bool u8(std::uint8_t& v) noexcept {
-        if (remaining() < 1) return false;
-        v = std::to_integer<std::uint8_t>(b_[pos_]);
-        pos_ += 1;
-        return true;
-    }
-    bool u16(std::uint16_t& v) noexcept {
-        if (remaining() < 2) return false;
-        v = load_le16(b_.data() + pos_);
-        pos_ += 2;
-        return true;
-    }
-    bool u32(std::uint32_t& v) noexcept {
-        if (remaining() < 4) return false;
-        v = load_le32(b_.data() + pos_);
-        pos_ += 4;
-        return true;
-    }
-    bool u64(std::uint64_t& v) noexcept {
-        if (remaining() < 8) return false;
-        v = load_le64(b_.data() + pos_);
-        pos_ += 8;
-        return true;
-    }
-    /// Takes a view of the next `n` bytes; false (and nothing consumed) if fewer remain.
-    bool bytes(std::size_t n, std::span<const std::byte>& out) noexcept {
-        if (remaining() < n) return false;
-        out = b_.subspan(pos_, n);
-        pos_ += n;
-        return true;
-    }
-
-private:
-    std::span<const std::byte> b_;
-    std::size_t pos_ = 0;
-};
-
-/// Appending little-endian writer over a pre-sized vector.
-class body_writer {
-public:
-    explicit body_writer(std::vector<std::byte>& out) noexcept : out_(out) {}
-    void u8(std::uint8_t v) noexcept { out_[pos_++] = std::byte{v}; }
-    void u16(std::uint16_t v) noexcept {
-        store_le16(out_.data() + pos_, v);
-        pos_ += 2;
-    }
-    void u32(std::uint32_t v) noexcept {
-        store_le32(out_.data() + pos_, v);
-        pos_ += 4;
-    }
-    void u64(std::uint64_t v) noexcept {
-        store_le64(out_.data() + pos_, v);
-        pos_ += 8;
-    }
-    void bytes(std::span<const std::byte> b) noexcept {
-        std::copy(b.begin(), b.end(), out_.begin() + static_cast<std::ptrdiff_t>(pos_));
-        pos_ += b.size();
-    }
-    /// Leaves `n` bytes as they are (already filled in).
-    void skip(std::size_t n) noexcept { pos_ += n; }
-    /// Bytes written so far.
-    std::size_t size() const noexcept { return pos_; }
-
-private:
-    std::vector<std::byte>& out_;
-    std::size_t pos_ = 0;
-};
-
-} // namespace detail
 
 // ---------------------------------------------------------------------------------------------
 // put / get / del requests: key (aux = key length), then metadata (put only; rest of the body)

@@ -4,15 +4,20 @@
 #pragma once
 
 #include <memkv/checksum.hpp>
-#include <memkv/protocol/wire.hpp>
+#include <memkv/protocol/body_codec.hpp>
 #include <memkv/result.hpp>
 
+#include <algorithm>
 #include <array>
+#include <cstddef>
 #include <cstdint>
+#include <cassert>
 #include <cstring>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace memkv::storage {
@@ -36,6 +41,69 @@ inline constexpr std::uint32_t summary_magic = 0x4D55534D;               // "MSU
 inline constexpr std::uint32_t trailer_magic = 0x4C52544D;               // "MTRL"
 inline constexpr std::uint32_t summary_entry_magic = 0x4E45534D;         // "MSEN"
 
+/// Keyed checksum of metadata that user bytes could imitate (record headers): XXH3-64 with the
+/// store's secret seed. A value that contains a copy of a header cannot pass for one, because
+/// its writer never learns the seed.
+std::uint64_t keyed_checksum(std::span<const std::byte> data, std::uint64_t seed) noexcept;
+
+/// What the encoders and decoders below share; not part of the format's interface.
+namespace format_detail {
+
+/// A writer at the start of `out`, zeroed first: reserved bytes, and the bytes after the last
+/// field, are zero.
+inline protocol::detail::body_writer zeroed_writer(std::span<std::byte> out) noexcept {
+    std::fill(out.begin(), out.end(), std::byte{0});
+    return protocol::detail::body_writer(out);
+}
+
+/// Region headers and trailers ("sealed" blocks): a u32 magic and their fields in bytes [0, 32),
+/// then the keyed checksum of those bytes, then zeros.
+inline constexpr std::size_t sealed_fields = 32;
+
+/// Encodes a sealed block: `magic`, what `fields(body_writer&)` writes (sealed_fields - 4 bytes),
+/// the keyed checksum.
+template <class Fields>
+void write_sealed(std::span<std::byte, meta_block> out, std::uint32_t magic, std::uint64_t seed,
+                  Fields&& fields) noexcept {
+    auto w = zeroed_writer(out);
+    w.u32(magic);
+    fields(w);
+    assert(w.size() == sealed_fields);
+    w.u64(keyed_checksum(w.written(), seed));
+}
+
+/// A reader of a sealed block's fields after the magic when `in` starts with `magic` and its
+/// keyed checksum is right; nothing otherwise.
+inline std::optional<protocol::detail::body_reader>
+open_sealed(std::span<const std::byte, meta_block> in, std::uint32_t magic,
+            std::uint64_t seed) noexcept {
+    protocol::detail::body_reader r(in);
+    std::uint32_t got = 0;
+    std::uint64_t checksum = 0;
+    (void)r.u32(got);
+    if (got != magic) return std::nullopt;
+    (void)protocol::detail::body_reader(in.subspan(sealed_fields, 8)).u64(checksum);
+    if (checksum != keyed_checksum(in.first(sealed_fields), seed)) return std::nullopt;
+    return r;
+}
+
+/// Bytes of a record header's fixed part, before its strings and CRCs.
+inline constexpr std::size_t record_fixed = 72;
+/// Where a record header's keyed checksum is (computed with its own 8 bytes zero).
+inline constexpr std::size_t record_checksum_at = 64;
+
+/// `s` as bytes.
+inline std::span<const std::byte> as_bytes(std::string_view s) noexcept {
+    return std::as_bytes(std::span<const char>(s.data(), s.size()));
+}
+
+/// Bytes of a summary before its entries: u32 magic, u32 count, u64 generation, u64 length.
+inline constexpr std::size_t summary_fixed = 24;
+/// Bytes of a summary entry before its record header: u64 region offset, u32 header length.
+inline constexpr std::size_t summary_entry_prefix = 12;
+
+} // namespace format_detail
+
 /// The store's identity and geometry; written once when the store is formatted.
 struct superblock {
     std::uint32_t version = format_version;
@@ -50,6 +118,7 @@ struct superblock {
     std::uint64_t created_unix = 0;
 };
 
+/// What decode_superblock found in one copy.
 enum class superblock_state {
     valid,        ///< a memkv superblock this build understands
     blank,        ///< no memkv magic in either copy: never formatted
@@ -58,44 +127,57 @@ enum class superblock_state {
 };
 
 /// Encodes one superblock copy (meta_block bytes).
+/// Layout: u64 magic, u32 version, 4 reserved, u64 compat, u64 incompat, 16 uuid, u64
+/// record_seed, u32 block_size, 4 reserved, u64 region_size, u32 shard_count, 4 reserved, u64
+/// capacity, u64 max_value, u64 created_unix, zeros, and a CRC32C of the rest in the last 4 bytes.
 inline void encode_superblock(const superblock& s, std::span<std::byte, meta_block> out) {
-    using namespace protocol;
-    std::memset(out.data(), 0, meta_block);
-    std::byte* p = out.data();
-    store_le64(p + 0, superblock_magic);
-    store_le32(p + 8, s.version);
-    store_le64(p + 16, s.compat);
-    store_le64(p + 24, s.incompat);
-    std::memcpy(p + 32, s.uuid.data(), 16);
-    store_le64(p + 48, s.record_seed);
-    store_le32(p + 56, s.block_size);
-    store_le64(p + 64, s.region_size);
-    store_le32(p + 72, s.shard_count);
-    store_le64(p + 80, s.capacity);
-    store_le64(p + 88, s.max_value);
-    store_le64(p + 96, s.created_unix);
-    store_le32(p + meta_block - 4, crc32c(p, meta_block - 4));
+    auto w = format_detail::zeroed_writer(out);
+    w.u64(superblock_magic);
+    w.u32(s.version);
+    w.skip(4);
+    w.u64(s.compat);
+    w.u64(s.incompat);
+    w.bytes(s.uuid);
+    w.u64(s.record_seed);
+    w.u32(s.block_size);
+    w.skip(4);
+    w.u64(s.region_size);
+    w.u32(s.shard_count);
+    w.skip(4);
+    w.u64(s.capacity);
+    w.u64(s.max_value);
+    w.u64(s.created_unix);
+    w.skip(meta_block - 4 - w.size());
+    w.u32(crc32c(w.written()));
 }
 
 /// Decodes one copy. `blank` if it holds no memkv magic.
 inline superblock_state decode_superblock(std::span<const std::byte, meta_block> in,
                                           superblock& s) {
-    using namespace protocol;
-    const std::byte* p = in.data();
-    if (load_le64(p) != superblock_magic) return superblock_state::blank;
-    if (load_le32(p + meta_block - 4) != crc32c(p, meta_block - 4))
-        return superblock_state::corrupt;
-    s.version = load_le32(p + 8);
-    s.compat = load_le64(p + 16);
-    s.incompat = load_le64(p + 24);
-    std::memcpy(s.uuid.data(), p + 32, 16);
-    s.record_seed = load_le64(p + 48);
-    s.block_size = load_le32(p + 56);
-    s.region_size = load_le64(p + 64);
-    s.shard_count = load_le32(p + 72);
-    s.capacity = load_le64(p + 80);
-    s.max_value = load_le64(p + 88);
-    s.created_unix = load_le64(p + 96);
+    // Every read succeeds: the block is meta_block bytes.
+    protocol::detail::body_reader r(in);
+    std::uint64_t magic = 0;
+    (void)r.u64(magic);
+    if (magic != superblock_magic) return superblock_state::blank;
+    std::uint32_t crc = 0;
+    (void)protocol::detail::body_reader(in.last(4)).u32(crc);
+    if (crc != crc32c(in.first(meta_block - 4))) return superblock_state::corrupt;
+    std::span<const std::byte> uuid;
+    (void)r.u32(s.version);
+    (void)r.skip(4);
+    (void)r.u64(s.compat);
+    (void)r.u64(s.incompat);
+    (void)r.bytes(s.uuid.size(), uuid);
+    std::copy(uuid.begin(), uuid.end(), s.uuid.begin());
+    (void)r.u64(s.record_seed);
+    (void)r.u32(s.block_size);
+    (void)r.skip(4);
+    (void)r.u64(s.region_size);
+    (void)r.u32(s.shard_count);
+    (void)r.skip(4);
+    (void)r.u64(s.capacity);
+    (void)r.u64(s.max_value);
+    (void)r.u64(s.created_unix);
     if (s.version != format_version || (s.incompat & ~incompat_supported) != 0)
         return superblock_state::incompatible;
     if (s.block_size == 0 || s.region_size == 0 || s.shard_count == 0 ||
@@ -103,11 +185,6 @@ inline superblock_state decode_superblock(std::span<const std::byte, meta_block>
         return superblock_state::corrupt;
     return superblock_state::valid;
 }
-
-/// Keyed checksum of metadata that user bytes could imitate (record headers): XXH3-64 with the
-/// store's secret seed. A value that contains a copy of a header cannot pass for one, because
-/// its writer never learns the seed.
-std::uint64_t keyed_checksum(std::span<const std::byte> data, std::uint64_t seed) noexcept;
 
 /// Region states in the region header.
 enum class region_state : std::uint32_t { free = 0, open = 1 };
@@ -123,40 +200,39 @@ struct region_header {
     std::uint64_t seq = 0;        ///< open order within the shard (FIFO after recovery)
 };
 
+/// Encodes a region header: u32 magic, u32 state, u32 shard, u32 region, u64 generation, u64
+/// seq, the keyed checksum of those 32 bytes, zeros.
 inline void encode_region_header(const region_header& h, std::uint64_t seed,
                                  std::span<std::byte, meta_block> out) {
-    using namespace protocol;
-    std::memset(out.data(), 0, meta_block);
-    std::byte* p = out.data();
-    store_le32(p + 0, region_magic);
-    store_le32(p + 4, static_cast<std::uint32_t>(h.state));
-    store_le32(p + 8, h.shard);
-    store_le32(p + 12, h.region);
-    store_le64(p + 16, h.generation);
-    store_le64(p + 24, h.seq);
-    store_le64(p + 32, keyed_checksum({p, 32}, seed));
+    format_detail::write_sealed(out, region_magic, seed, [&](protocol::detail::body_writer& w) {
+        w.u32(static_cast<std::uint32_t>(h.state));
+        w.u32(h.shard);
+        w.u32(h.region);
+        w.u64(h.generation);
+        w.u64(h.seq);
+    });
 }
 
+/// Decodes a region header; false without the magic, with a wrong checksum or an unknown state.
 inline bool decode_region_header(std::span<const std::byte, meta_block> in, std::uint64_t seed,
                                  region_header& h) {
-    using namespace protocol;
-    const std::byte* p = in.data();
-    if (load_le32(p) != region_magic) return false;
-    if (load_le64(p + 32) != keyed_checksum({p, 32}, seed)) return false;
-    const auto st = load_le32(p + 4);
+    auto r = format_detail::open_sealed(in, region_magic, seed);
+    if (!r) return false;
+    std::uint32_t st = 0;
+    (void)r->u32(st);
     if (st > 1) return false;
     h.state = static_cast<region_state>(st);
-    h.shard = load_le32(p + 8);
-    h.region = load_le32(p + 12);
-    h.generation = load_le64(p + 16);
-    h.seq = load_le64(p + 24);
+    (void)r->u32(h.shard);
+    (void)r->u32(h.region);
+    (void)r->u64(h.generation);
+    (void)r->u64(h.seq);
     return true;
 }
 
 /// Record flags.
 namespace record_flags {
 inline constexpr std::uint16_t tombstone = 1; ///< a delete: no value follows
-inline constexpr std::uint16_t pinned = 2;
+inline constexpr std::uint16_t pinned = 2;    ///< exempt from eviction (best effort)
 } // namespace record_flags
 
 /// What a record header holds besides its location (everything the index needs).
@@ -173,44 +249,41 @@ struct record_info {
 
 /// Bytes a record header needs before padding (fixed part, strings, CRCs).
 inline std::size_t record_header_bytes(const record_info& r) noexcept {
-    return 72 + r.tenant.size() + r.key.size() + r.meta.size() + 4 * r.crcs.size();
+    return format_detail::record_fixed + r.tenant.size() + r.key.size() + r.meta.size() +
+           4 * r.crcs.size();
 }
 
 /// Encodes a record header at device offset `location` in a region of generation `gen`. The
 /// keyed checksum covers every byte including the location and the generation, so a header
 /// copied elsewhere, or left over from an earlier use of the region, is not valid.
 /// Precondition: record_header_bytes(r) <= out.size() (one meta_block).
+/// Layout: u32 magic, u16 flags, u16 tenant length, u32 header length, u16 key length, u16
+/// metadata length, u64 location, u64 generation, u64 version, u64 value length, u64 expiry, u32
+/// CRC count, 4 reserved, u64 keyed checksum, then tenant, key, metadata, u32 CRCs; zeros.
 inline void encode_record_header(const record_info& r, std::uint64_t location, std::uint64_t gen,
                                  std::uint64_t seed, std::span<std::byte, meta_block> out) {
-    using namespace protocol;
-    std::memset(out.data(), 0, meta_block);
-    std::byte* p = out.data();
-    const auto len = static_cast<std::uint32_t>(record_header_bytes(r));
-    store_le32(p + 0, record_magic);
-    store_le16(p + 4, r.flags);
-    store_le16(p + 6, static_cast<std::uint16_t>(r.tenant.size()));
-    store_le32(p + 8, len);
-    store_le16(p + 12, static_cast<std::uint16_t>(r.key.size()));
-    store_le16(p + 14, static_cast<std::uint16_t>(r.meta.size()));
-    store_le64(p + 16, location);
-    store_le64(p + 24, gen);
-    store_le64(p + 32, r.version);
-    store_le64(p + 40, r.value_len);
-    store_le64(p + 48, r.expires_unix_ms);
-    store_le32(p + 56, static_cast<std::uint32_t>(r.crcs.size()));
-    // 60..63 reserved; 64..71 checksum
-    std::byte* q = p + 72;
-    std::memcpy(q, r.tenant.data(), r.tenant.size());
-    q += r.tenant.size();
-    std::memcpy(q, r.key.data(), r.key.size());
-    q += r.key.size();
-    std::memcpy(q, r.meta.data(), r.meta.size());
-    q += r.meta.size();
-    for (auto c : r.crcs) {
-        store_le32(q, c);
-        q += 4;
-    }
-    store_le64(p + 64, keyed_checksum({p, len}, seed));
+    auto w = format_detail::zeroed_writer(out);
+    w.u32(record_magic);
+    w.u16(r.flags);
+    w.u16(static_cast<std::uint16_t>(r.tenant.size()));
+    w.u32(static_cast<std::uint32_t>(record_header_bytes(r)));
+    w.u16(static_cast<std::uint16_t>(r.key.size()));
+    w.u16(static_cast<std::uint16_t>(r.meta.size()));
+    w.u64(location);
+    w.u64(gen);
+    w.u64(r.version);
+    w.u64(r.value_len);
+    w.u64(r.expires_unix_ms);
+    w.u32(static_cast<std::uint32_t>(r.crcs.size()));
+    w.skip(4); // reserved
+    w.skip(8); // the checksum, zero until it is computed below
+    w.bytes(format_detail::as_bytes(r.tenant));
+    w.bytes(format_detail::as_bytes(r.key));
+    w.bytes(format_detail::as_bytes(r.meta));
+    for (auto c : r.crcs)
+        w.u32(c);
+    protocol::detail::body_writer(out.subspan(format_detail::record_checksum_at, 8))
+        .u64(keyed_checksum(w.written(), seed));
 }
 
 /// Result of looking at a block where a record header might be.
@@ -224,38 +297,57 @@ inline header_check decode_record_header(std::span<const std::byte, meta_block> 
                                          std::uint64_t location, std::uint64_t gen,
                                          std::uint64_t seed, std::uint64_t max_value,
                                          record_info& r) {
-    using namespace protocol;
-    const std::byte* p = in.data();
-    if (load_le32(p) != record_magic) return header_check::absent;
-    const auto len = load_le32(p + 8);
-    if (len < 72 || len > meta_block) return header_check::corrupt;
+    // Every read of the fixed part succeeds (the block is meta_block bytes), and of the rest
+    // once the lengths were checked against the header length.
+    protocol::detail::body_reader rd(in);
+    std::uint32_t magic = 0, len = 0, ncrc = 0;
+    std::uint16_t flags = 0, tenant_len = 0, key_len = 0, meta_len = 0;
+    std::uint64_t at = 0, generation = 0, version = 0, value_len = 0, expires = 0, checksum = 0;
+    (void)rd.u32(magic);
+    if (magic != record_magic) return header_check::absent;
+    (void)rd.u16(flags);
+    (void)rd.u16(tenant_len);
+    (void)rd.u32(len);
+    if (len < format_detail::record_fixed || len > meta_block) return header_check::corrupt;
+    (void)rd.u16(key_len);
+    (void)rd.u16(meta_len);
+    (void)rd.u64(at);
+    (void)rd.u64(generation);
+    (void)rd.u64(version);
+    (void)rd.u64(value_len);
+    (void)rd.u64(expires);
+    (void)rd.u32(ncrc);
+    (void)rd.skip(4); // reserved
+    (void)rd.u64(checksum);
     std::array<std::byte, meta_block> copy; // the checksum was computed with its field zero
-    std::memcpy(copy.data(), p, len);
-    std::memset(copy.data() + 64, 0, 8);
-    if (load_le64(p + 64) != keyed_checksum({copy.data(), len}, seed)) return header_check::corrupt;
+    std::memcpy(copy.data(), in.data(), len);
+    std::memset(copy.data() + format_detail::record_checksum_at, 0, 8);
+    if (checksum != keyed_checksum({copy.data(), len}, seed)) return header_check::corrupt;
     // Another generation: left over from an earlier use of the region (stale, not damage).
-    if (load_le64(p + 24) != gen) return header_check::absent;
+    if (generation != gen) return header_check::absent;
     // A valid header of this generation in the wrong place was copied or misdirected.
-    if (load_le64(p + 16) != location) return header_check::corrupt;
-    r.flags = load_le16(p + 4);
-    const std::size_t tenant_len = load_le16(p + 6);
-    const std::size_t key_len = load_le16(p + 12);
-    const std::size_t meta_len = load_le16(p + 14);
-    r.version = load_le64(p + 32);
-    r.value_len = load_le64(p + 40);
-    r.expires_unix_ms = load_le64(p + 48);
-    const std::size_t ncrc = load_le32(p + 56);
-    if (72 + tenant_len + key_len + meta_len + 4 * ncrc != len || r.value_len > max_value ||
-        key_len == 0)
+    if (at != location) return header_check::corrupt;
+    r.flags = flags;
+    r.version = version;
+    r.value_len = value_len;
+    r.expires_unix_ms = expires;
+    if (format_detail::record_fixed + tenant_len + key_len + meta_len + 4 * std::size_t{ncrc} !=
+            len ||
+        r.value_len > max_value || key_len == 0)
         return header_check::corrupt;
-    const char* q = reinterpret_cast<const char*>(p + 72);
-    r.tenant.assign(q, tenant_len);
-    r.key.assign(q + tenant_len, key_len);
-    r.meta.assign(q + tenant_len + key_len, meta_len);
-    const std::byte* c = p + 72 + tenant_len + key_len + meta_len;
+    std::span<const std::byte> tenant, key, meta;
+    (void)rd.bytes(tenant_len, tenant);
+    (void)rd.bytes(key_len, key);
+    (void)rd.bytes(meta_len, meta);
+    auto text = [](std::span<const std::byte> b) {
+        return std::string_view(reinterpret_cast<const char*>(b.data()), b.size());
+    };
+    r.tenant.assign(text(tenant));
+    r.key.assign(text(key));
+    r.meta.assign(text(meta));
     r.crcs.resize(ncrc);
-    for (std::size_t i = 0; i < ncrc; ++i)
-        r.crcs[i] = load_le32(c + 4 * i);
+    for (auto& c : r.crcs)
+        (void)rd.u32(c);
     return header_check::valid;
 }
 
@@ -270,66 +362,71 @@ struct summary_entry {
 /// keyed checksum over everything. The trailer in the region's last block points at it.
 inline std::vector<std::byte> encode_summary(std::span<const summary_entry> entries,
                                              std::uint64_t gen, std::uint64_t seed) {
-    using namespace protocol;
-    std::size_t n = 24;
+    std::size_t n = format_detail::summary_fixed;
     for (const auto& e : entries)
-        n += 12 + record_header_bytes(e.info);
+        n += format_detail::summary_entry_prefix + record_header_bytes(e.info);
     std::vector<std::byte> out(n + 8);
-    std::byte* p = out.data();
-    store_le32(p, summary_magic);
-    store_le32(p + 4, static_cast<std::uint32_t>(entries.size()));
-    store_le64(p + 8, gen);
-    store_le64(p + 16, n);
-    std::byte* q = p + 24;
+    protocol::detail::body_writer w(out);
+    w.u32(summary_magic);
+    w.u32(static_cast<std::uint32_t>(entries.size()));
+    w.u64(gen);
+    w.u64(n);
     std::array<std::byte, meta_block> tmp;
     for (const auto& e : entries) {
         const auto len = record_header_bytes(e.info);
         encode_record_header(e.info, 0, 0, 0, tmp);
         // Not the record magic: a scan of the region must not take summary bytes for records.
-        store_le32(tmp.data(), summary_entry_magic);
-        store_le64(q, e.region_offset);
-        store_le32(q + 8, static_cast<std::uint32_t>(len));
-        std::memcpy(q + 12, tmp.data(), len);
-        q += 12 + len;
+        protocol::detail::body_writer(tmp).u32(summary_entry_magic);
+        w.u64(e.region_offset);
+        w.u32(static_cast<std::uint32_t>(len));
+        w.bytes(std::span(tmp).first(len));
     }
-    store_le64(p + n, keyed_checksum({p, n}, seed));
+    w.u64(keyed_checksum(w.written(), seed));
     return out;
 }
 
 /// Decodes a summary; false if any check fails (then the region is scanned instead).
 inline bool decode_summary(std::span<const std::byte> in, std::uint64_t gen, std::uint64_t seed,
                            std::uint64_t max_value, std::vector<summary_entry>& out) {
-    using namespace protocol;
-    if (in.size() < 32) return false;
-    const std::byte* p = in.data();
-    if (load_le32(p) != summary_magic || load_le64(p + 8) != gen) return false;
-    const auto n = load_le64(p + 16);
-    if (n < 24 || n > in.size() - 8) return false;
-    if (load_le64(p + n) != keyed_checksum({p, n}, seed)) return false;
-    const auto count = load_le32(p + 4);
-    if (count > n / (12 + 72)) return false; // every entry takes at least 84 bytes
-    std::size_t pos = 24;
+    using format_detail::summary_entry_prefix, format_detail::summary_fixed;
+    if (in.size() < summary_fixed + 8) return false;
+    protocol::detail::body_reader r(in);
+    std::uint32_t magic = 0, count = 0;
+    std::uint64_t generation = 0, n = 0, checksum = 0;
+    (void)r.u32(magic);
+    (void)r.u32(count);
+    (void)r.u64(generation);
+    (void)r.u64(n);
+    if (magic != summary_magic || generation != gen) return false;
+    if (n < summary_fixed || n > in.size() - 8) return false;
+    (void)protocol::detail::body_reader(in.subspan(n, 8)).u64(checksum);
+    if (checksum != keyed_checksum(in.first(n), seed)) return false;
+    // Every entry takes at least 84 bytes.
+    if (count > n / (summary_entry_prefix + format_detail::record_fixed)) return false;
+    protocol::detail::body_reader entries(in.first(n));
+    (void)entries.skip(summary_fixed);
     std::array<std::byte, meta_block> tmp;
     out.clear();
     out.reserve(count);
     for (std::uint32_t i = 0; i < count; ++i) {
-        if (pos + 12 > n) return false;
         summary_entry e;
-        e.region_offset = load_le64(p + pos);
-        const auto len = load_le32(p + pos + 8);
-        if (len < 72 || len > meta_block || pos + 12 + len > n) return false;
-        std::memset(tmp.data(), 0, meta_block);
-        std::memcpy(tmp.data(), p + pos + 12, len);
-        if (load_le32(tmp.data()) != summary_entry_magic) return false;
-        store_le32(tmp.data(), record_magic);
+        std::uint32_t len = 0, entry_magic = 0;
+        std::span<const std::byte> header;
+        if (!entries.u64(e.region_offset) || !entries.u32(len)) return false;
+        if (len < format_detail::record_fixed || len > meta_block || !entries.bytes(len, header))
+            return false;
+        (void)protocol::detail::body_reader(header).u32(entry_magic);
+        if (entry_magic != summary_entry_magic) return false;
+        tmp.fill(std::byte{0});
+        std::copy(header.begin(), header.end(), tmp.begin());
+        protocol::detail::body_writer(tmp).u32(record_magic);
         // Entries were encoded with location 0, generation 0 and seed 0; the whole summary is
         // covered by the keyed checksum above.
         if (decode_record_header(tmp, 0, 0, 0, max_value, e.info) != header_check::valid)
             return false;
         out.push_back(std::move(e));
-        pos += 12 + len;
     }
-    return pos == n;
+    return entries.remaining() == 0;
 }
 
 /// The trailer in a sealed region's last block: where its summary is.
@@ -339,27 +436,27 @@ struct region_trailer {
     std::uint64_t summary_len = 0;
 };
 
+/// Encodes a trailer: u32 magic, 4 reserved, u64 generation, u64 summary offset, u64 summary
+/// length, the keyed checksum of those 32 bytes, zeros.
 inline void encode_trailer(const region_trailer& t, std::uint64_t seed,
                            std::span<std::byte, meta_block> out) {
-    using namespace protocol;
-    std::memset(out.data(), 0, meta_block);
-    std::byte* p = out.data();
-    store_le32(p, trailer_magic);
-    store_le64(p + 8, t.generation);
-    store_le64(p + 16, t.summary_offset);
-    store_le64(p + 24, t.summary_len);
-    store_le64(p + 32, keyed_checksum({p, 32}, seed));
+    format_detail::write_sealed(out, trailer_magic, seed, [&](protocol::detail::body_writer& w) {
+        w.skip(4); // reserved
+        w.u64(t.generation);
+        w.u64(t.summary_offset);
+        w.u64(t.summary_len);
+    });
 }
 
+/// Decodes a trailer; false without the magic or with a wrong checksum.
 inline bool decode_trailer(std::span<const std::byte, meta_block> in, std::uint64_t seed,
                            region_trailer& t) {
-    using namespace protocol;
-    const std::byte* p = in.data();
-    if (load_le32(p) != trailer_magic) return false;
-    if (load_le64(p + 32) != keyed_checksum({p, 32}, seed)) return false;
-    t.generation = load_le64(p + 8);
-    t.summary_offset = load_le64(p + 16);
-    t.summary_len = load_le64(p + 24);
+    auto r = format_detail::open_sealed(in, trailer_magic, seed);
+    if (!r) return false;
+    (void)r->skip(4); // reserved
+    (void)r->u64(t.generation);
+    (void)r->u64(t.summary_offset);
+    (void)r->u64(t.summary_len);
     return true;
 }
 

@@ -5,9 +5,12 @@
 
 #include <memkv/concepts.hpp>
 #include <memkv/detail/busy_wait.hpp>
+#include <memkv/detail/claim_registry.hpp>
 #include <memkv/detail/log.hpp>
 #include <memkv/detail/socket.hpp>
 #include <memkv/detail/uring.hpp>
+#include <memkv/detail/uring_store_base.hpp>
+#include <memkv/detail/window_slice.hpp>
 #include <memkv/error.hpp>
 #include <memkv/result.hpp>
 
@@ -24,11 +27,10 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstdint>
 #include <cstring>
-#include <limits>
 #include <memory>
-#include <mutex>
 #include <span>
 #include <string>
 #include <utility>
@@ -39,7 +41,9 @@ namespace memkv {
 namespace detail {
 
 /// A block device held open with O_EXCL by this process, shared by the block_store instances
-/// that use it (every shard of a server opens the whole store).
+/// that use it (every shard of a server opens the whole store). Held in
+/// claim_registry<claimed_device>::process() (weak: a device is closed with its last
+/// block_store).
 struct claimed_device {
     std::string path;
     dev_t rdev = 0;
@@ -48,16 +52,6 @@ struct claimed_device {
     std::uint32_t logical = 0;  // BLKSSZGET
     std::uint32_t physical = 0; // BLKPBSZGET
 };
-
-/// The devices this process holds (weak: a device is closed with its last block_store).
-inline std::vector<std::weak_ptr<claimed_device>>& claimed_devices() {
-    static std::vector<std::weak_ptr<claimed_device>> devices;
-    return devices;
-}
-inline std::mutex& claimed_devices_mutex() {
-    static std::mutex m;
-    return m;
-}
 
 } // namespace detail
 
@@ -82,7 +76,8 @@ inline std::mutex& claimed_devices_mutex() {
 ///   completion when all are done); discard is ioctl(BLKDISCARD), synchronous, its completion
 ///   queued; a device without discard support counts it (`discards_unsupported()`) and reports
 ///   success. TRIM may or may not zero the range (concept rule 5).
-class block_store {
+class block_store
+    : public detail::uring_store_base<std::vector<std::shared_ptr<const detail::claimed_device>>> {
 public:
     /// Data survives the process: the engine keeps a superblock on the devices.
     static constexpr bool persistent = true;
@@ -116,20 +111,20 @@ public:
         for (const auto& path : cfg.devices) {
             auto dev = claim(path, cfg);
             if (!dev) return dev.error();
-            for (const auto& d : s.devices_)
+            for (const auto& d : s.owner_)
                 if (d->rdev == (*dev)->rdev) {
                     detail::log_error("block_store: {} is listed twice", path);
                     return errc::invalid_argument;
                 }
-            s.devices_.push_back(std::move(*dev));
+            s.owner_.push_back(std::move(*dev));
         }
         std::uint32_t bs = 4096;
-        for (const auto& d : s.devices_)
+        for (const auto& d : s.owner_)
             bs = std::max(bs, d->logical);
         s.block_size_ = bs;
 
         std::uint64_t total = 0;
-        for (const auto& d : s.devices_)
+        for (const auto& d : s.owner_)
             total += d->size / bs * bs;
         if (cfg.offset % bs != 0 || cfg.offset >= total) {
             detail::log_error("block_store: offset {} is not a multiple of {} below the {} bytes "
@@ -148,7 +143,7 @@ public:
 
         // Window coordinates of each device's part, and the descriptors flush must sync.
         std::uint64_t dev_begin = 0;
-        for (const auto& d : s.devices_) {
+        for (const auto& d : s.owner_) {
             const std::uint64_t dev_end = dev_begin + d->size / bs * bs;
             const std::uint64_t lo = std::max(dev_begin, cfg.offset);
             const std::uint64_t hi = std::min(dev_end, cfg.offset + cap);
@@ -160,12 +155,7 @@ public:
             dev_begin = dev_end;
         }
 
-        auto ring = detail::uring::create(cfg.queue_depth);
-        if (!ring) {
-            detail::log_error("block_store: io_uring setup failed: {}", ring.error().message());
-            return ring.error();
-        }
-        s.ring_ = std::move(*ring);
+        MEMKV_TRY(s.open_ring("block_store", cfg.queue_depth));
         return s;
     }
 
@@ -194,16 +184,11 @@ public:
         }
         for (const auto& g : geo)
             total += g.first / bs * bs;
-        std::uint64_t cap = 0;
+        std::uint64_t cap = 0; // unreadable sizes: an empty slice
         if (ok && c.offset < total) cap = c.capacity == 0 ? total - c.offset : c.capacity;
-        const std::uint64_t slice = cap / shards / bs * bs;
-        if (!ok || slice == 0 || shard >= shards) {
-            s.offset = std::numeric_limits<std::uint64_t>::max();
-            s.capacity = 0;
-            return s;
-        }
-        s.offset = c.offset + std::uint64_t(shard) * slice;
-        s.capacity = slice;
+        const auto w = detail::slice_window({c.offset, cap}, bs, shard, shards);
+        s.offset = w.offset;
+        s.capacity = w.capacity;
         return s;
     }
 
@@ -212,30 +197,16 @@ public:
     block_store& operator=(block_store&&) noexcept = default;
     ~block_store() = default;
 
-    /// The largest logical block size of the devices, at least 4096 (so that 4 KiB-aligned pool
-    /// buffers always qualify for O_DIRECT).
-    std::uint32_t block_size() const noexcept { return block_size_; }
-    std::uint64_t capacity() const noexcept { return capacity_; }
-    /// The eventfd of the store's io_uring.
-    int notify_fd() const noexcept { return ring_.event_fd(); }
+    // block_size() (the largest logical block size of the devices, at least 4096, so that 4
+    // KiB-aligned pool buffers always qualify for O_DIRECT), capacity(), notify_fd(),
+    // bytes_written(), discards_unsupported(), io_stats(), register_buffers() and poll():
+    // detail::uring_store_base.
+
     /// Always true: block devices are only used with O_DIRECT.
     bool direct() const noexcept { return true; }
-    /// Bytes of writes completed successfully by this instance.
-    std::uint64_t bytes_written() const noexcept { return ring_.stats().bytes_written; }
-    /// Discards a device refused as unsupported (EOPNOTSUPP); they completed with success.
-    std::uint64_t discards_unsupported() const noexcept { return discards_unsupported_; }
     /// The part of the window on each device, in device order (window coordinates): a region
     /// must lie inside one of them.
     std::span<const segment> segments() const noexcept { return segments_; }
-    /// io_uring counters (fixed-buffer use, short-I/O resubmissions, ...).
-    const detail::uring_stats& io_stats() const noexcept { return ring_.stats(); }
-
-    /// Registers I/O buffers (the shard's buffer pool) with io_uring, so that reads and writes
-    /// inside them use fixed buffers. Call while no I/O is in flight (else errc::retry). Optional:
-    /// a failure (ENOMEM under a small RLIMIT_MEMLOCK) only costs the optimisation.
-    result<void> register_buffers(std::span<const iovec> regions) noexcept {
-        return ring_.register_buffers(regions);
-    }
 
     /// Reads `buf.size()` bytes at window offset `offset`. Rules 1-3 of memkv::store; crossing a
     /// segment boundary: errc::invalid_argument.
@@ -257,19 +228,10 @@ public:
     result<void> discard(std::uint64_t offset, std::uint64_t length, std::uint64_t tag) noexcept {
         auto m = locate(offset, length, nullptr);
         if (!m) return m.error();
-        std::int64_t res = 0;
         std::uint64_t range[2] = {m->second, length};
-        if (length != 0 && ::ioctl(m->first, BLKDISCARD, range) != 0) {
-            if (errno == EOPNOTSUPP)
-                ++discards_unsupported_;
-            else
-                res = -errno;
-        }
-        ring_.post(tag, res);
-        return {};
+        const bool failed = length != 0 && ::ioctl(m->first, BLKDISCARD, range) != 0;
+        return complete_discard(tag, failed ? errno : 0);
     }
-    /// Moves finished operations to `out`; never blocks.
-    std::size_t poll(std::span<io_completion> out) noexcept { return ring_.reap(out); }
 
 private:
     /// A segment's mapping to its device.
@@ -283,10 +245,7 @@ private:
     /// The device descriptor and device offset of a window range inside one segment.
     result<std::pair<int, std::uint64_t>> locate(std::uint64_t offset, std::uint64_t length,
                                                  const void* buf) const noexcept {
-        if (offset % block_size_ != 0 || length % block_size_ != 0 ||
-            reinterpret_cast<std::uintptr_t>(buf) % block_size_ != 0)
-            return errc::bad_alignment;
-        if (offset > capacity_ || length > capacity_ - offset) return errc::invalid_argument;
+        MEMKV_TRY(check_range(offset, length, buf));
         for (const auto& m : maps_) {
             if (offset < m.begin || offset >= m.end) continue;
             if (length > m.end - offset) return errc::invalid_argument; // crosses a device
@@ -312,17 +271,21 @@ private:
                               path);
             return errc::invalid_argument;
         }
-        std::lock_guard<std::mutex> lock(detail::claimed_devices_mutex());
-        auto& held = detail::claimed_devices();
-        std::erase_if(held, [](const auto& w) { return w.expired(); });
-        if (cfg.share_in_process) {
-            for (const auto& w : held)
-                if (auto d = w.lock(); d && d->rdev == st.st_rdev)
-                    return std::shared_ptr<const detail::claimed_device>(std::move(d));
-        }
+        auto device = detail::claim_registry<detail::claimed_device>::process().find_or_claim(
+            cfg.share_in_process,
+            [&](const detail::claimed_device& d) { return d.rdev == st.st_rdev; },
+            [&] { return open_device(path, st.st_rdev, cfg.format); });
+        if (!device) return device.error();
+        return std::shared_ptr<const detail::claimed_device>(std::move(*device));
+    }
+
+    /// Opens `path` (device `rdev`) exclusively, reads its geometry and checks its signatures:
+    /// a fresh claim of it.
+    static result<std::shared_ptr<detail::claimed_device>>
+    open_device(const std::string& path, dev_t rdev, bool format) noexcept {
         auto d = std::make_shared<detail::claimed_device>();
         d->path = path;
-        d->rdev = st.st_rdev;
+        d->rdev = rdev;
         // A server killed a moment ago holds the device until the kernel has finished its
         // in-flight I/O: wait for that (up to 10 s) rather than fail, and never read the
         // device while such writes may still land on it.
@@ -359,9 +322,8 @@ private:
         }
         d->logical = static_cast<std::uint32_t>(lbs);
         d->physical = static_cast<std::uint32_t>(pbs);
-        MEMKV_TRY(check_signatures(path, cfg.format));
-        if (cfg.share_in_process) held.push_back(d);
-        return std::shared_ptr<const detail::claimed_device>(std::move(d));
+        MEMKV_TRY(check_signatures(path, format));
+        return d;
     }
 
 #if defined(MEMKV_HAS_BLKID)
@@ -452,14 +414,10 @@ private:
 #endif
     }
 
-    std::vector<std::shared_ptr<const detail::claimed_device>> devices_;
+    // owner_ (uring_store_base): the claimed devices, in the order given.
     std::vector<segment> segments_;
     std::vector<mapping> maps_;  // one per segment, same order
     std::vector<int> flush_fds_; // devices with a part of the window
-    detail::uring ring_;
-    std::uint64_t capacity_ = 0;
-    std::uint64_t discards_unsupported_ = 0;
-    std::uint32_t block_size_ = 4096;
 };
 
 static_assert(store<block_store>);

@@ -5,9 +5,12 @@
 
 #include <memkv/concepts.hpp>
 #include <memkv/detail/busy_wait.hpp>
+#include <memkv/detail/claim_registry.hpp>
 #include <memkv/detail/log.hpp>
 #include <memkv/detail/socket.hpp>
 #include <memkv/detail/uring.hpp>
+#include <memkv/detail/uring_store_base.hpp>
+#include <memkv/detail/window_slice.hpp>
 #include <memkv/error.hpp>
 #include <memkv/result.hpp>
 
@@ -26,11 +29,9 @@
 #include <cstring>
 #include <limits>
 #include <memory>
-#include <mutex>
 #include <span>
 #include <string>
 #include <utility>
-#include <vector>
 
 namespace memkv {
 
@@ -39,24 +40,14 @@ namespace detail {
 /// A file opened by the file_store instances of this process that share it: one open file
 /// description carries their I/O and their OFD write locks (an OFD lock belongs to the open file
 /// description, so locks taken through it never conflict with each other, while every other
-/// open of the file conflicts with them).
+/// open of the file conflicts with them). Held in claim_registry<claimed_file>::process() (weak:
+/// a file is closed, and its locks released, with its last file_store).
 struct claimed_file {
     dev_t dev = 0;
     ino_t ino = 0;
     unique_fd fd;
     bool direct = false; // O_DIRECT is a property of the open file description
 };
-
-/// The files this process holds (weak: a file is closed, and its locks released, with its last
-/// file_store).
-inline std::vector<std::weak_ptr<claimed_file>>& claimed_files() {
-    static std::vector<std::weak_ptr<claimed_file>> files;
-    return files;
-}
-inline std::mutex& claimed_files_mutex() {
-    static std::mutex m;
-    return m;
-}
 
 } // namespace detail
 
@@ -90,7 +81,7 @@ inline std::mutex& claimed_files_mutex() {
 ///   process would.
 /// - fork() shares open file descriptions: a child forked while a store is open holds the lock
 ///   with the parent until both closed it (the descriptor is close-on-exec: exec drops it).
-class file_store {
+class file_store : public detail::uring_store_base<std::shared_ptr<const detail::claimed_file>> {
 public:
     /// Data survives the process: the engine keeps a superblock in it.
     static constexpr bool persistent = true;
@@ -179,67 +170,58 @@ public:
             return errc::invalid_argument;
         }
 
-        // Held until the instance is published (or refused), so that two instances in this
-        // process never open the file on their own at the same time.
-        std::lock_guard<std::mutex> registry(detail::claimed_files_mutex());
-        auto& held = detail::claimed_files();
-        std::erase_if(held, [](const auto& w) { return w.expired(); });
-        std::shared_ptr<detail::claimed_file> file;
-        if (cfg.share_in_process)
-            for (const auto& w : held)
-                if (auto f = w.lock(); f && f->dev == st.st_dev && f->ino == st.st_ino) {
-                    file = std::move(f);
-                    break;
-                }
-        const bool fresh = !file;
-        if (fresh) {
-            file = std::make_shared<detail::claimed_file>();
+        // The registry's lock is held until the instance is published (or refused), so that two
+        // instances in this process never open the file on their own at the same time.
+        auto same_file = [&](const detail::claimed_file& f) {
+            return f.dev == st.st_dev && f.ino == st.st_ino;
+        };
+        auto open_file = [&]() -> result<std::shared_ptr<detail::claimed_file>> {
+            auto file = std::make_shared<detail::claimed_file>();
             file->dev = st.st_dev;
             file->ino = st.st_ino;
             file->fd = std::move(own);
             file->direct = direct;
-        } else {
-            own.reset(); // this instance's I/O and lock go through the shared open
-            if ((cfg.direct == direct_mode::on && !file->direct) ||
-                (cfg.direct == direct_mode::off && file->direct)) {
-                detail::log_error("file_store: {} is open in this process with O_DIRECT {}; "
-                                  "instances sharing it cannot turn it {}",
-                                  cfg.path, file->direct ? "on" : "off",
-                                  file->direct ? "off" : "on");
-                return errc::invalid_argument;
+            return file;
+        };
+        auto use_file = [&](detail::claimed_file& file, bool fresh) -> result<void> {
+            if (!fresh) {
+                own.reset(); // this instance's I/O and lock go through the shared open
+                if ((cfg.direct == direct_mode::on && !file.direct) ||
+                    (cfg.direct == direct_mode::off && file.direct)) {
+                    detail::log_error("file_store: {} is open in this process with O_DIRECT {}; "
+                                      "instances sharing it cannot turn it {}",
+                                      cfg.path, file.direct ? "on" : "off",
+                                      file.direct ? "off" : "on");
+                    return errc::invalid_argument;
+                }
             }
-        }
-        const int fd = file->fd.get();
-        MEMKV_TRY(lock_window(fd, cfg.path, cfg.offset, cap, cfg.busy_wait_ms));
-        if (size < end) MEMKV_TRY(preallocate(fd, cfg.path, size, end));
+            const int fd = file.fd.get();
+            MEMKV_TRY(lock_window(fd, cfg.path, cfg.offset, cap, cfg.busy_wait_ms));
+            if (size < end) MEMKV_TRY(preallocate(fd, cfg.path, size, end));
+            if (fresh && file.direct) {
+                auto probe = probe_direct(fd, cfg.offset, bs);
+                if (!probe && probe.error() == std::errc::invalid_argument &&
+                    cfg.direct == direct_mode::auto_) {
+                    warn_buffered(cfg.path, "refuses O_DIRECT I/O of this block size");
+                    if (::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) & ~O_DIRECT) != 0)
+                        return errno_code(errno);
+                    file.direct = false;
+                } else if (!probe) {
+                    detail::log_error("file_store: {}: O_DIRECT probe failed: {}", cfg.path,
+                                      probe.error().message());
+                    return probe.error();
+                }
+            }
+            return s.open_ring("file_store", cfg.queue_depth);
+        };
+        auto file = detail::claim_registry<detail::claimed_file>::process().find_or_claim(
+            cfg.share_in_process, same_file, open_file, use_file);
+        if (!file) return file.error();
         s.offset_ = cfg.offset;
         s.capacity_ = cap;
         s.segment_ = {0, cap};
-
-        if (fresh && file->direct) {
-            auto probe = probe_direct(fd, cfg.offset, bs);
-            if (!probe && probe.error() == std::errc::invalid_argument &&
-                cfg.direct == direct_mode::auto_) {
-                warn_buffered(cfg.path, "refuses O_DIRECT I/O of this block size");
-                if (::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) & ~O_DIRECT) != 0)
-                    return errno_code(errno);
-                file->direct = false;
-            } else if (!probe) {
-                detail::log_error("file_store: {}: O_DIRECT probe failed: {}", cfg.path,
-                                  probe.error().message());
-                return probe.error();
-            }
-        }
-        s.direct_ = file->direct;
-        s.file_ = file;
-
-        auto ring = detail::uring::create(cfg.queue_depth);
-        if (!ring) {
-            detail::log_error("file_store: io_uring setup failed: {}", ring.error().message());
-            return ring.error();
-        }
-        s.ring_ = std::move(*ring);
-        if (fresh && cfg.share_in_process) held.push_back(std::move(file));
+        s.direct_ = (*file)->direct;
+        s.owner_ = std::move(*file);
         return s;
     }
 
@@ -255,15 +237,9 @@ public:
         if (cap == 0 && ::stat(c.path.c_str(), &st) == 0 &&
             static_cast<std::uint64_t>(st.st_size) > c.offset)
             cap = static_cast<std::uint64_t>(st.st_size) - c.offset;
-        const std::uint64_t bs = c.block_size ? c.block_size : 1;
-        const std::uint64_t slice = cap / shards / bs * bs;
-        if (slice == 0 || shard >= shards) {
-            s.offset = std::numeric_limits<std::uint64_t>::max();
-            s.capacity = 0;
-            return s;
-        }
-        s.offset = c.offset + std::uint64_t(shard) * slice;
-        s.capacity = slice;
+        const auto w = detail::slice_window({c.offset, cap}, c.block_size, shard, shards);
+        s.offset = w.offset;
+        s.capacity = w.capacity;
         return s;
     }
 
@@ -272,38 +248,23 @@ public:
     file_store& operator=(file_store&&) noexcept = default;
     ~file_store() = default;
 
-    std::uint32_t block_size() const noexcept { return block_size_; }
-    std::uint64_t capacity() const noexcept { return capacity_; }
-    /// The eventfd of the store's io_uring.
-    int notify_fd() const noexcept { return ring_.event_fd(); }
+    // block_size(), capacity(), notify_fd(), bytes_written(), discards_unsupported() (hole
+    // punching unsupported), io_stats(), register_buffers() and poll(): detail::uring_store_base.
+
     /// True when O_DIRECT is in use.
     bool direct() const noexcept { return direct_; }
-    /// Bytes of writes completed successfully by this instance.
-    std::uint64_t bytes_written() const noexcept { return ring_.stats().bytes_written; }
-    /// Discards that the filesystem could not do (hole punching unsupported); they completed
-    /// with success.
-    std::uint64_t discards_unsupported() const noexcept { return discards_unsupported_; }
     /// Ranges that never cross a device: for a file, the whole window.
     std::span<const segment> segments() const noexcept { return {&segment_, 1}; }
-    /// io_uring counters (fixed-buffer use, short-I/O resubmissions, ...).
-    const detail::uring_stats& io_stats() const noexcept { return ring_.stats(); }
-
-    /// Registers I/O buffers (the shard's buffer pool) with io_uring, so that reads and writes
-    /// inside them use fixed buffers. Call while no I/O is in flight (else errc::retry). Optional:
-    /// a failure (ENOMEM under a small RLIMIT_MEMLOCK) only costs the optimisation.
-    result<void> register_buffers(std::span<const iovec> regions) noexcept {
-        return ring_.register_buffers(regions);
-    }
 
     /// Reads `buf.size()` bytes at window offset `offset`. Rules 1-3 of memkv::store.
     result<void> read(std::uint64_t offset, std::span<std::byte> buf, std::uint64_t tag) noexcept {
-        MEMKV_TRY(check(offset, buf.size(), buf.data()));
+        MEMKV_TRY(check_range(offset, buf.size(), buf.data()));
         return ring_.read(fd(), offset_ + offset, buf, tag);
     }
     /// Writes `buf` at window offset `offset`.
     result<void> write(std::uint64_t offset, std::span<const std::byte> buf,
                        std::uint64_t tag) noexcept {
-        MEMKV_TRY(check(offset, buf.size(), buf.data()));
+        MEMKV_TRY(check_range(offset, buf.size(), buf.data()));
         return ring_.write(fd(), offset_ + offset, buf, tag);
     }
     /// fdatasync through io_uring: completes after every write completed before it is durable.
@@ -311,33 +272,17 @@ public:
     /// Punches a hole over the range (synchronously); the completion carries 0 or -errno. A
     /// filesystem without hole punching counts the discard and reports success.
     result<void> discard(std::uint64_t offset, std::uint64_t length, std::uint64_t tag) noexcept {
-        MEMKV_TRY(check(offset, length, nullptr));
-        std::int64_t res = 0;
-        if (length != 0 &&
+        MEMKV_TRY(check_range(offset, length, nullptr));
+        const bool failed =
+            length != 0 &&
             ::fallocate(fd(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-                        static_cast<off_t>(offset_ + offset), static_cast<off_t>(length)) != 0) {
-            if (errno == EOPNOTSUPP)
-                ++discards_unsupported_;
-            else
-                res = -errno;
-        }
-        ring_.post(tag, res);
-        return {};
+                        static_cast<off_t>(offset_ + offset), static_cast<off_t>(length)) != 0;
+        return complete_discard(tag, failed ? errno : 0);
     }
-    /// Moves finished operations to `out`; never blocks.
-    std::size_t poll(std::span<io_completion> out) noexcept { return ring_.reap(out); }
 
 private:
     /// The file's descriptor (-1 in a default-constructed or moved-from store).
-    int fd() const noexcept { return file_ ? file_->fd.get() : -1; }
-
-    result<void> check(std::uint64_t offset, std::uint64_t length, const void* buf) const noexcept {
-        if (offset % block_size_ != 0 || length % block_size_ != 0 ||
-            reinterpret_cast<std::uintptr_t>(buf) % block_size_ != 0)
-            return errc::bad_alignment;
-        if (offset > capacity_ || length > capacity_ - offset) return errc::invalid_argument;
-        return {};
-    }
+    int fd() const noexcept { return owner_ ? owner_->fd.get() : -1; }
 
     /// Takes an OFD write lock on [offset, offset + length) of `fd`, retrying every 50 ms for up
     /// to `wait_ms` while another open file description holds a conflicting lock: a server killed
@@ -422,13 +367,9 @@ private:
         return {};
     }
 
-    std::shared_ptr<const detail::claimed_file> file_; // the open file (shared in this process)
-    detail::uring ring_;
-    std::uint64_t offset_ = 0;   // file offset of window offset 0
-    std::uint64_t capacity_ = 0; // window length
-    std::uint64_t discards_unsupported_ = 0;
+    // owner_ (uring_store_base): the open file, shared in this process.
+    std::uint64_t offset_ = 0; // file offset of window offset 0
     segment segment_{};
-    std::uint32_t block_size_ = 4096;
     bool direct_ = false;
 };
 
