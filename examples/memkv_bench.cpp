@@ -605,7 +605,7 @@ int run(options o) {
                    fmt::join(o.servers, ","), created.error().message());
         return exit_errors;
     }
-    auto& client = **created;
+    auto& client = *created;
     si.info.resize(o.servers.size());
     auto [shape, evicted_before] = server_shape(client, &si.info);
     {

@@ -386,8 +386,9 @@ int do_ping(memkv::default_client& c) {
     return exit_ok;
 }
 
-/// The client of the global options; null (with the exit status in `rc`) when it cannot be made.
-std::unique_ptr<memkv::default_client> connect(const global_options& g, int& rc) {
+/// The client of the global options; none (with the exit status in `rc`) when it cannot be
+/// made.
+std::optional<memkv::default_client> connect(const global_options& g, int& rc) {
     memkv::client_config cfg;
     cfg.servers = g.servers;
     if (!g.servers_file.empty()) {
@@ -395,14 +396,14 @@ std::unique_ptr<memkv::default_client> connect(const global_options& g, int& rc)
             error(
                 "give --servers (MEMKV_SERVERS) or --servers-file (MEMKV_SERVERS_FILE), not both");
             rc = exit_usage;
-            return nullptr;
+            return std::nullopt;
         }
         std::string why;
         auto file = memkv::client_config::from_file(g.servers_file, &why);
         if (!file) {
             error("--servers-file {}", why);
             rc = exit_usage;
-            return nullptr;
+            return std::nullopt;
         }
         cfg.servers = std::move(file->servers);
     }
@@ -410,7 +411,7 @@ std::unique_ptr<memkv::default_client> connect(const global_options& g, int& rc)
         error("no server given: use --servers HOST:PORT[,...] or --servers-file FILE (or set "
               "MEMKV_SERVERS or MEMKV_SERVERS_FILE)");
         rc = exit_usage;
-        return nullptr;
+        return std::nullopt;
     }
     cfg.key_prefix = g.prefix;
     cfg.request_timeout = std::chrono::milliseconds(g.timeout_ms);
@@ -424,12 +425,12 @@ std::unique_ptr<memkv::default_client> connect(const global_options& g, int& rc)
             error("--auth-key-file: {}",
                   why.empty() ? g.auth_key_file + ": " + ring.error().message() : why);
             rc = exit_usage;
-            return nullptr;
+            return std::nullopt;
         }
         if (ring->empty()) {
             error("--auth-key-file {}: no key in the file", g.auth_key_file);
             rc = exit_usage;
-            return nullptr;
+            return std::nullopt;
         }
         cfg.key = ring->entries().front();
     } else {
@@ -440,7 +441,7 @@ std::unique_ptr<memkv::default_client> connect(const global_options& g, int& rc)
                             ? "MEMKV_AUTH_KEY / MEMKV_AUTH_KEY_FILE: " + ring.error().message()
                             : why);
             rc = exit_usage;
-            return nullptr;
+            return std::nullopt;
         }
         if (!ring->empty()) cfg.key = ring->entries().front();
     }
@@ -451,7 +452,7 @@ std::unique_ptr<memkv::default_client> connect(const global_options& g, int& rc)
             list += (list.empty() ? "" : ",") + s;
         error("cannot connect to {}: {}", list, explain(c.error()));
         rc = c.error() == memkv::errc::invalid_argument ? exit_usage : exit_server;
-        return nullptr;
+        return std::nullopt;
     }
     return std::move(*c);
 }

@@ -54,7 +54,8 @@ TEST_CASE("An overwrite replaces the value and its size", "[integration][round_t
     REQUIRE(c->put("over", v2).has_value());
     auto got = c->get("over");
     REQUIRE(got.has_value());
-    CHECK(mismatch(*got, v2) == "");
+    REQUIRE(got->has_value());
+    CHECK(mismatch(**got, v2) == "");
 
     // Through exists: the size is the new one.
     operation op;
@@ -69,11 +70,13 @@ TEST_CASE("An overwrite replaces the value and its size", "[integration][round_t
     REQUIRE(c->put("over", v3).has_value());
     got = c->get("over");
     REQUIRE(got.has_value());
-    CHECK(got->empty());
+    REQUIRE(got->has_value());
+    CHECK((*got)->empty());
     REQUIRE(c->put("over", v1).has_value());
     got = c->get("over");
     REQUIRE(got.has_value());
-    CHECK(mismatch(*got, v1) == "");
+    REQUIRE(got->has_value());
+    CHECK(mismatch(**got, v1) == "");
 }
 
 TEST_CASE("Range reads return exactly the requested bytes", "[integration][round_trip][range]") {
@@ -109,7 +112,8 @@ TEST_CASE("Range reads return exactly the requested bytes", "[integration][round
         INFO("offset " << rc.off << " length " << rc.len);
         auto got = c->get_range("range", rc.off, rc.len);
         REQUIRE(got.has_value());
-        CHECK(mismatch(*got, sub(v, rc.off, rc.want_len)) == "");
+        REQUIRE(got->has_value());
+        CHECK(mismatch(**got, sub(v, rc.off, rc.want_len)) == "");
 
         // The same range through an operation: value_size is the stored size.
         operation op;
@@ -136,13 +140,14 @@ TEST_CASE("Range reads return exactly the requested bytes", "[integration][round
         // The connection is still good.
         auto ok = c->get_range("range", 0, 10);
         REQUIRE(ok.has_value());
-        CHECK(mismatch(*ok, sub(v, 0, 10)) == "");
+        REQUIRE(ok->has_value());
+        CHECK(mismatch(**ok, sub(v, 0, 10)) == "");
     }
 
     SECTION("a range of a missing key is a miss") {
         auto got = c->get_range("range-absent", 10, 10);
-        REQUIRE_FALSE(got.has_value());
-        CHECK(got.error() == errc::not_found);
+        REQUIRE(got.has_value());
+        CHECK_FALSE(got->has_value());
     }
 }
 
@@ -157,7 +162,8 @@ TEST_CASE("Scatter gets fill several caller fragments in order",
         std::vector<std::byte> a(1), b(50'000), d(50'002);
         auto n = c->get_into("scatter3", {std::span(a), std::span(b), std::span(d)});
         REQUIRE(n.has_value());
-        CHECK(*n == v.size());
+        REQUIRE(n->has_value());
+        CHECK(**n == v.size());
         CHECK(mismatch(a, sub(v, 0, 1)) == "");
         CHECK(mismatch(b, sub(v, 1, 50'000)) == "");
         CHECK(mismatch(d, sub(v, 50'001, 50'002)) == "");
@@ -173,7 +179,8 @@ TEST_CASE("Scatter gets fill several caller fragments in order",
             frags.emplace_back(area.data() + i * (16 * KiB + 64), 16 * KiB);
         auto n = c->get_into("scatter64", frags);
         REQUIRE(n.has_value());
-        CHECK(*n == MiB);
+        REQUIRE(n->has_value());
+        CHECK(**n == MiB);
         for (std::size_t i = 0; i < 64; ++i) {
             INFO("fragment " << i);
             CHECK(mismatch(frags[i], sub(v, i * 16 * KiB, 16 * KiB)) == "");
@@ -189,7 +196,8 @@ TEST_CASE("Scatter gets fill several caller fragments in order",
         const std::size_t off = MiB - 3, len = 7 + 2 * MiB - 100;
         auto n = c->get_into("scatter-range", {std::span(a), std::span(b), std::span(d)}, off, len);
         REQUIRE(n.has_value());
-        CHECK(*n == len);
+        REQUIRE(n->has_value());
+        CHECK(**n == len);
         CHECK(mismatch(a, sub(v, off, 7)) == "");
         CHECK(mismatch(b, sub(v, off + 7, MiB)) == "");
         CHECK(mismatch(std::span<const std::byte>(d).first(MiB - 100),
@@ -202,7 +210,8 @@ TEST_CASE("Scatter gets fill several caller fragments in order",
         std::vector<std::byte> a(3000), b(3000, std::byte{0x11});
         auto n = c->get_into("scatter-big", {std::span(a), std::span(b)});
         REQUIRE(n.has_value());
-        CHECK(*n == 5000);
+        REQUIRE(n->has_value());
+        CHECK(**n == 5000);
         CHECK(mismatch(a, sub(v, 0, 3000)) == "");
         CHECK(mismatch(std::span<const std::byte>(b).first(2000), sub(v, 3000, 2000)) == "");
         CHECK(std::all_of(b.begin() + 2000, b.end(),
@@ -243,7 +252,8 @@ TEST_CASE("Fragments too small for the value fail promptly and leave the connect
     auto other = c->get("bystander");
     INFO("bystander: " << (other ? std::string("ok") : other.error().message()));
     REQUIRE(other.has_value());
-    CHECK(mismatch(*other, bystander) == "");
+    REQUIRE(other->has_value());
+    CHECK(mismatch(**other, bystander) == "");
 }
 
 TEST_CASE("Metadata of up to 256 bytes comes back with get and exists",
@@ -265,7 +275,8 @@ TEST_CASE("Metadata of up to 256 bytes comes back with get and exists",
         std::vector<std::byte> meta{std::byte{0x42}}; // must be replaced, even by nothing
         auto got = c->get(keys[i], &meta);
         REQUIRE(got.has_value());
-        CHECK(mismatch(*got, pattern(meta_sizes[i], 3 * meta_sizes[i] + 1)) == "");
+        REQUIRE(got->has_value());
+        CHECK(mismatch(**got, pattern(meta_sizes[i], 3 * meta_sizes[i] + 1)) == "");
         CHECK(mismatch(meta, metas[i]) == "");
     }
 
@@ -306,7 +317,9 @@ TEST_CASE("Metadata of up to 256 bytes comes back with get and exists",
         opt.meta = m2;
         REQUIRE(c->put("meta-256", pattern(1, 10), opt).has_value());
         std::vector<std::byte> meta;
-        REQUIRE(c->get("meta-256", &meta).has_value());
+        auto got = c->get("meta-256", &meta);
+        REQUIRE(got.has_value());
+        REQUIRE(got->has_value());
         CHECK(mismatch(meta, m2) == "");
     }
 }
@@ -327,11 +340,12 @@ TEST_CASE("Metadata of 257 bytes is rejected without harming the connection",
     INFO("error: " << r.error().message());
     CHECK((r.error() == errc::invalid_argument || r.error() == errc::too_large));
     auto miss = c->get("meta-257");
-    REQUIRE_FALSE(miss.has_value());
-    CHECK(miss.error() == errc::not_found);
+    REQUIRE(miss.has_value());
+    CHECK_FALSE(miss->has_value());
     auto ok = c->get("meta-ok");
     REQUIRE(ok.has_value());
-    CHECK(mismatch(*ok, pattern(1, 10)) == "");
+    REQUIRE(ok->has_value());
+    CHECK(mismatch(**ok, pattern(1, 10)) == "");
     // The server saw no protocol error: the client refused it first.
     CHECK(fx.server->counters(0).protocol_errors.load() +
               fx.server->counters(1).protocol_errors.load() ==
@@ -343,33 +357,36 @@ TEST_CASE("Misses and deletes and exists report exactly what is stored",
     server_fixture fx;
     auto c = fx.client();
 
-    SECTION("a miss is not_found") {
+    SECTION("a miss is an empty optional") {
         auto g = c->get("never-stored");
-        REQUIRE_FALSE(g.has_value());
-        CHECK(g.error() == errc::not_found);
+        REQUIRE(g.has_value());
+        CHECK_FALSE(g->has_value());
         std::vector<std::byte> buf(10);
         auto n = c->get_into("never-stored", {std::span(buf)});
-        REQUIRE_FALSE(n.has_value());
-        CHECK(n.error() == errc::not_found);
+        REQUIRE(n.has_value());
+        CHECK_FALSE(n->has_value());
     }
 
-    SECTION("del then get is a miss and del of an absent key is not_found") {
+    SECTION("del then get is a miss and del of an absent key deletes nothing") {
         REQUIRE(c->put("gone", pattern(1, 5 * MiB)).has_value());
-        REQUIRE(c->del("gone").has_value());
+        auto deleted = c->del("gone");
+        REQUIRE(deleted.has_value());
+        REQUIRE(*deleted);
         auto g = c->get("gone");
-        REQUIRE_FALSE(g.has_value());
-        CHECK(g.error() == errc::not_found);
+        REQUIRE(g.has_value());
+        CHECK_FALSE(g->has_value());
         auto d = c->del("gone");
-        REQUIRE_FALSE(d.has_value());
-        CHECK(d.error() == errc::not_found);
+        REQUIRE(d.has_value());
+        CHECK_FALSE(*d);
         auto d2 = c->del("never-there");
-        REQUIRE_FALSE(d2.has_value());
-        CHECK(d2.error() == errc::not_found);
+        REQUIRE(d2.has_value());
+        CHECK_FALSE(*d2);
         // And it can be stored again.
         REQUIRE(c->put("gone", pattern(2, 10)).has_value());
         auto again = c->get("gone");
         REQUIRE(again.has_value());
-        CHECK(mismatch(*again, pattern(2, 10)) == "");
+        REQUIRE(again->has_value());
+        CHECK(mismatch(**again, pattern(2, 10)) == "");
     }
 
     SECTION("an exists batch of 1000 keys with half present answers in order") {
@@ -429,7 +446,8 @@ TEST_CASE("An if_absent put of an existing key keeps the old value and reports s
     REQUIRE(c->put("ia", new_value, ia).has_value());
     auto got = c->get("ia");
     REQUIRE(got.has_value());
-    CHECK(mismatch(*got, old_value) == "");
+    REQUIRE(got->has_value());
+    CHECK(mismatch(**got, old_value) == "");
 
     // The raw status of the operation says why.
     operation op;
@@ -441,7 +459,8 @@ TEST_CASE("An if_absent put of an existing key keeps the old value and reports s
     CHECK(op.status == errc::exists);
     got = c->get("ia");
     REQUIRE(got.has_value());
-    CHECK(mismatch(*got, old_value) == "");
+    REQUIRE(got->has_value());
+    CHECK(mismatch(**got, old_value) == "");
 
     const auto s = memkv::test::shard_of("ia", 2);
     CHECK(fx.server->counters(s).put_if_absent_hits.load() == 2);
@@ -450,7 +469,8 @@ TEST_CASE("An if_absent put of an existing key keeps the old value and reports s
     REQUIRE(c->put("ia-after", new_value).has_value());
     got = c->get("ia-after");
     REQUIRE(got.has_value());
-    CHECK(mismatch(*got, new_value) == "");
+    REQUIRE(got->has_value());
+    CHECK(mismatch(**got, new_value) == "");
 }
 
 TEST_CASE("match_prefix returns the length of the present prefix across shards",
@@ -479,11 +499,15 @@ TEST_CASE("match_prefix returns the length of the present prefix across shards",
     m = c->match_prefix(std::span(keys).first(0));
     REQUIRE(m.has_value());
     CHECK(*m == 0);
-    REQUIRE(c->del(keys[7]).has_value());
+    auto deleted = c->del(keys[7]);
+    REQUIRE(deleted.has_value());
+    REQUIRE(*deleted);
     m = c->match_prefix(keys);
     REQUIRE(m.has_value());
     CHECK(*m == 7);
-    REQUIRE(c->del(keys[0]).has_value());
+    deleted = c->del(keys[0]);
+    REQUIRE(deleted.has_value());
+    REQUIRE(*deleted);
     m = c->match_prefix(keys);
     REQUIRE(m.has_value());
     CHECK(*m == 0);
@@ -509,15 +533,22 @@ TEST_CASE("Keys are arbitrary bytes up to 1024 long", "[integration][round_trip]
         INFO("key " << i);
         auto got = c->get(keys[i]);
         REQUIRE(got.has_value());
-        CHECK(mismatch(*got, pattern(i, 100 + i)) == "");
+        REQUIRE(got->has_value());
+        CHECK(mismatch(**got, pattern(i, 100 + i)) == "");
     }
     auto e = c->exists(keys);
     REQUIRE(e.has_value());
     for (std::size_t i = 0; i < keys.size(); ++i)
         CHECK((*e)[i]);
-    REQUIRE(c->del(keys[1]).has_value());
-    CHECK(c->get(keys[1]).error() == errc::not_found);
-    CHECK(c->get(keys[2]).has_value());
+    auto deleted = c->del(keys[1]);
+    REQUIRE(deleted.has_value());
+    REQUIRE(*deleted);
+    auto miss = c->get(keys[1]);
+    REQUIRE(miss.has_value());
+    CHECK_FALSE(miss->has_value());
+    auto neighbour = c->get(keys[2]);
+    REQUIRE(neighbour.has_value());
+    CHECK(neighbour->has_value());
 
     SECTION("a 1025-byte key is rejected by every operation") {
         const std::string big(1025, 'k');
@@ -543,7 +574,8 @@ TEST_CASE("Keys are arbitrary bytes up to 1024 long", "[integration][round_trip]
         CHECK_FALSE(c->put(std::string(2000, 'x'), pattern(1, 10)).has_value());
         auto got = c->get(keys[5]);
         REQUIRE(got.has_value());
-        CHECK(mismatch(*got, pattern(5, 105)) == "");
+        REQUIRE(got->has_value());
+        CHECK(mismatch(**got, pattern(5, 105)) == "");
     }
 }
 
@@ -563,14 +595,18 @@ TEST_CASE("Round trips work over the Unix socket endpoint", "[integration][round
     REQUIRE(c->put("unix-range", v, opt).has_value());
     auto r = c->get_range("unix-range", MiB - 3, 10);
     REQUIRE(r.has_value());
-    CHECK(mismatch(*r, sub(v, MiB - 3, 10)) == "");
+    REQUIRE(r->has_value());
+    CHECK(mismatch(**r, sub(v, MiB - 3, 10)) == "");
     std::vector<std::byte> a(1000), b(v.size() - 1000);
     auto n = c->get_into("unix-range", {std::span(a), std::span(b)});
     REQUIRE(n.has_value());
+    REQUIRE(n->has_value());
     CHECK(mismatch(a, sub(v, 0, 1000)) == "");
     CHECK(mismatch(b, sub(v, 1000, v.size() - 1000)) == "");
     std::vector<std::byte> m;
-    REQUIRE(c->get("unix-range", &m).has_value());
+    auto got = c->get("unix-range", &m);
+    REQUIRE(got.has_value());
+    REQUIRE(got->has_value());
     CHECK(mismatch(m, meta) == "");
     // Both shards were reached over the Unix socket.
     CHECK(fx.server->counters(0).puts.load() > 0);
@@ -599,7 +635,8 @@ TEST_CASE("One client reaches one server over TCP and another over a Unix socket
     for (std::size_t i = 0; i < keys.size(); ++i) {
         auto got = c->get(keys[i]);
         REQUIRE(got.has_value());
-        CHECK(mismatch(*got, pattern(i, 1000 + 37 * i)) == "");
+        REQUIRE(got->has_value());
+        CHECK(mismatch(**got, pattern(i, 1000 + 37 * i)) == "");
     }
     auto puts_of = [](const server_fixture& f) {
         return f.server->counters(0).puts.load() + f.server->counters(1).puts.load();
@@ -618,7 +655,8 @@ TEST_CASE("One client reaches one server over TCP and another over a Unix socket
         REQUIRE(c->put(key, v).has_value());
         auto got = c->get(key);
         REQUIRE(got.has_value());
-        CHECK(mismatch(*got, v) == "");
+        REQUIRE(got->has_value());
+        CHECK(mismatch(**got, v) == "");
     }
     auto m = c->match_prefix(keys);
     REQUIRE(m.has_value());
@@ -668,8 +706,11 @@ TEST_CASE("Asynchronous batches complete through callbacks or polling and the co
         CHECK_FALSE(ops[6].exists);
         auto n = c->get("async-new-" + tag);
         REQUIRE(n.has_value());
-        CHECK(mismatch(*n, big) == "");
-        CHECK(c->get("async-doomed").error() == errc::not_found);
+        REQUIRE(n->has_value());
+        CHECK(mismatch(**n, big) == "");
+        auto doomed = c->get("async-doomed");
+        REQUIRE(doomed.has_value());
+        CHECK_FALSE(doomed->has_value());
     };
 
     SECTION("submit with a callback") {
@@ -765,7 +806,9 @@ TEST_CASE("Synchronous calls leave the completion fd quiet", "[integration][roun
     auto c = fx.client();
     (void)c->poll_completed();
     REQUIRE(c->put("quiet", pattern(1, 10)).has_value());
-    REQUIRE(c->get("quiet").has_value());
+    auto got = c->get("quiet");
+    REQUIRE(got.has_value());
+    REQUIRE(got->has_value());
     pollfd p{c->completion_fd(), POLLIN, 0};
     CHECK(::poll(&p, 1, 0) == 0);
     CHECK(c->poll_completed().empty());
@@ -794,7 +837,9 @@ TEST_CASE("Synchronous calls from a completion callback fail instead of deadlock
     for (const auto& ec : f.get())
         CHECK(ec == errc::invalid_argument);
     // Outside the callback the same calls work.
-    REQUIRE(c->get("in-callback").has_value());
+    auto got = c->get("in-callback");
+    REQUIRE(got.has_value());
+    REQUIRE(got->has_value());
     REQUIRE(c->stats().has_value());
 }
 
@@ -980,5 +1025,6 @@ TEST_CASE("A put answered before its value is sent never reads the caller's buff
     }
     auto got = c->get(existing);
     REQUIRE(got.has_value());
-    CHECK(mismatch(*got, pattern(1, 10)) == "");
+    REQUIRE(got->has_value());
+    CHECK(mismatch(**got, pattern(1, 10)) == "");
 }

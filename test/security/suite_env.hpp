@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -82,7 +83,7 @@ struct suite_env {
     static constexpr std::uint32_t shards = 2;
     auth::key_entry key = make_key(7, "acme", 0x5a);
     server_fixture fx;
-    std::unique_ptr<default_client> valid;
+    std::optional<default_client> valid;
     std::array<std::string, shards> shard_key; // a key each shard owns
     std::uint64_t rounds = 0;
     std::uint64_t rss_start = 0, high_water_start = 0;
@@ -108,8 +109,8 @@ struct suite_env {
         high_water_start = pool_high_water();
     }
 
-    /// A new client of the server with the valid key.
-    std::unique_ptr<default_client> client() const {
+    /// A new client of the server with the valid key (always engaged: a failure aborts).
+    std::optional<default_client> client() const {
         client_config cc;
         cc.key = key;
         cc.request_timeout = milliseconds(5000);
@@ -136,9 +137,10 @@ struct suite_env {
         INFO("valid put " << k << ": " << (p ? "ok" : p.error().message()));
         REQUIRE(p);
         auto g = c.get(k);
-        INFO("valid get " << k << ": " << (g ? "ok" : g.error().message()));
+        INFO("valid get " << k << ": " << (g ? (*g ? "ok" : "miss") : g.error().message()));
         REQUIRE(g);
-        REQUIRE(*g == v);
+        REQUIRE(*g);
+        REQUIRE(**g == v);
     }
 
     /// A raw connection, authenticated and attached to `shard`.

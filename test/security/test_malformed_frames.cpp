@@ -1011,8 +1011,8 @@ void postauth_truncated(suite_env& env) {
     }
     // None of the truncated puts stored anything.
     auto g = env.valid->get(key);
-    REQUIRE(!g);
-    CHECK(g.error() == errc::not_found);
+    REQUIRE(g);
+    CHECK_FALSE(*g);
     std::printf("[security] put frame of %zu bytes (64 header + %zu body + %zu payload)\n", total,
                 key.size() + 4, value.size());
     t.print();
@@ -1179,9 +1179,9 @@ TEST_CASE("after attach: batch and data frames that break the id and transfer ru
         CHECK(out.closed);
     }
     auto still = env.valid->get(victim);
-    INFO("the victim key after the malformed batch: " << (still ? "present"
+    INFO("the victim key after the malformed batch: " << (still ? (*still ? "present" : "absent")
                                                                 : still.error().message()));
-    CHECK(still);
+    CHECK((still && still->has_value()));
 }
 
 TEST_CASE("pre-auth: a short HTTP line is refused before the handshake timeout",

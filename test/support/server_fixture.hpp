@@ -45,8 +45,9 @@ struct server_fixture {
         if (with_unix) unix_endpoint = server->endpoints()[1];
     }
 
-    /// A client of this server (shares nothing with other clients).
-    std::unique_ptr<default_client> client(client_config cc = {}) const {
+    /// A client of this server (shares nothing with other clients). Always engaged (a failure
+    /// aborts); an optional so that a test can reset() it.
+    std::optional<default_client> client(client_config cc = {}) const {
         if (cc.servers.empty()) cc.servers = {tcp_endpoint};
         auto c = default_client::create(std::move(cc));
         if (!c) fail("client", c.error());
