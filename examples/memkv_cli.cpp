@@ -470,7 +470,7 @@ int main(int argc, char** argv) {
     const auto size = size_value();
     auto endpoint = CLI::Validator(
         [](std::string& s) -> std::string {
-            if (memkv::stream_transports::parse(s)) return {};
+            if (memkv::stream_transports::create()->parse(s)) return {};
             return fmt::format("'{}' is not a server (expected HOST:PORT, [V6]:PORT or "
                                "unix:/PATH)",
                                s);

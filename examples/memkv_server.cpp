@@ -598,7 +598,7 @@ int main(int argc, char** argv) {
         ->type_name("ENDPOINT")
         ->default_str("127.0.0.1:9900")
         ->check([](const std::string& s) -> std::string {
-            if (memkv::stream_transports::parse(s)) return {};
+            if (memkv::stream_transports::create()->parse(s)) return {};
             return fmt::format("'{}' is not an endpoint (expected HOST:PORT, [V6]:PORT or "
                                "unix:/PATH)",
                                s);

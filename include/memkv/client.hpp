@@ -54,8 +54,10 @@ public:
 
     /// Connects to `cfg.servers`; if empty, to those of MEMKV_SERVERS or MEMKV_SERVERS_FILE
     /// (client_config::servers_from_environment()). Without `cfg.key`, the first key of
-    /// MEMKV_AUTH_KEY / MEMKV_AUTH_KEY_FILE is used, if any.
-    static result<client> create(client_config cfg) {
+    /// MEMKV_AUTH_KEY / MEMKV_AUTH_KEY_FILE is used, if any. The transport is made from `tcfg`,
+    /// restricted to the one cfg.transport (or MEMKV_TRANSPORT) names; errc::invalid_argument
+    /// when this client's transport has no such member.
+    static result<client> create(client_config cfg, typename Transport::config tcfg = {}) {
         if (cfg.servers.empty()) {
             auto env = client_config::servers_from_environment();
             if (!env) return env.error();
@@ -70,7 +72,21 @@ public:
             if (!ring) return ring.error();
             if (!ring->empty()) cfg.key = ring->entries().front();
         }
-        auto c = core::create(std::move(cfg));
+        std::string why;
+        auto kind = cfg.transport_choice(&why);
+        if (!kind) {
+            detail::log_error("memkv client: {}", why);
+            return kind.error();
+        }
+        if (*kind && !offers(**kind)) {
+            detail::log_error("memkv client: the transport '{}' is not in this client",
+                              transport_name(**kind));
+            return errc::invalid_argument;
+        }
+        if constexpr (requires { tcfg.only; }) tcfg.only = *kind;
+        auto t = Transport::create(tcfg);
+        if (!t) return t.error();
+        auto c = core::create(std::move(cfg), std::move(*t));
         if (!c) return c.error();
         return client(std::move(*c));
     }
@@ -256,6 +272,14 @@ public:
 
 private:
     explicit client(std::unique_ptr<core> c) : core_(std::move(c)) {}
+
+    /// Whether this client's transport has a member of kind `k`.
+    static constexpr bool offers(transport_kind k) noexcept {
+        if constexpr (requires { Transport::has_member(k); })
+            return Transport::has_member(k);
+        else
+            return k == Transport::kind;
+    }
 
     static operation make(op_kind kind, std::string_view key) {
         operation op;

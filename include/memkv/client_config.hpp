@@ -4,6 +4,7 @@
 #pragma once
 
 #include <memkv/auth/key_ring.hpp>
+#include <memkv/concepts.hpp>
 #include <memkv/error.hpp>
 #include <memkv/protocol/limits.hpp>
 #include <memkv/result.hpp>
@@ -42,6 +43,10 @@ struct client_config {
     std::size_t max_inflight = 8192;
     /// Payload bytes per frame this client sends.
     std::uint32_t chunk_size = protocol::default_chunk;
+    /// The transport to reach servers with: "auto" (any the client has: the first whose
+    /// endpoint syntax matches), "tcp", "unix" (later "shm", "rdma"). Empty: MEMKV_TRANSPORT,
+    /// else "auto". client::create() refuses a name the client's transport does not have.
+    std::string transport;
 
     /// Parses the text of a servers file: one endpoint per line ("HOST:PORT", "[V6]:PORT",
     /// "unix:/PATH"; "tcp://" may precede HOST and is dropped: the result holds identities).
@@ -66,6 +71,10 @@ struct client_config {
     /// an empty list. client::create() applies it to every list it is given.
     static result<void> check_servers(std::vector<std::string>& servers,
                                       std::string* why = nullptr);
+
+    /// The transport `transport` names (MEMKV_TRANSPORT when empty): a kind, or none for
+    /// "auto" (or neither set). errc::invalid_argument, explained in `why`, for another name.
+    result<std::optional<transport_kind>> transport_choice(std::string* why = nullptr) const;
 
     /// Largest servers file read (a guard against naming the wrong file).
     static constexpr std::size_t max_servers_file = 1u << 20;
@@ -220,6 +229,20 @@ inline result<std::vector<std::string>> client_config::servers_from_environment(
         }
     }
     return out;
+}
+
+inline result<std::optional<transport_kind>>
+client_config::transport_choice(std::string* why) const {
+    std::string_view name = transport;
+    const char* env = std::getenv("MEMKV_TRANSPORT");
+    if (name.empty() && env) name = env;
+    if (name.empty() || name == "auto") return std::optional<transport_kind>();
+    for (auto k : {transport_kind::tcp, transport_kind::unix_socket, transport_kind::shm,
+                   transport_kind::rdma})
+        if (name == transport_name(k)) return std::optional<transport_kind>(k);
+    return detail::invalid_config(
+        why, std::string(transport.empty() ? "MEMKV_TRANSPORT" : "transport") + ": '" +
+                 std::string(name) + "' is none of auto, tcp, unix, shm, rdma");
 }
 
 } // namespace memkv

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
-// The two policy concepts memkv's server is composed from: transport and store.
+// The policy concepts memkv is composed from: transport, store and data_path.
 #pragma once
 
 #include <memkv/protocol/payload_ref.hpp>
@@ -35,49 +35,63 @@ constexpr std::string_view transport_name(transport_kind k) noexcept {
     return "?";
 }
 
+/// Whether a connection whose hello asks for `k` carries its payloads inline on its stream
+/// (TCP, Unix sockets) rather than one-sided (shm, RDMA).
+constexpr bool payload_inline(transport_kind k) noexcept {
+    return k == transport_kind::tcp || k == transport_kind::unix_socket;
+}
+
 // clang-format off
-/// @brief A transport: how a client reaches a server, and how payload bytes move.
+/// @brief A transport: how a client reaches a server, as an instance made from its
+/// configuration (the transport's context: nothing for sockets; a device and its protection
+/// domain for RDMA, the registry of mapped memory for shared memory).
 ///
-/// The control channel is always a framed, authenticated byte stream (`T::stream`); transports
-/// differ in how payload bytes travel. `T::payload_inline` is true when payloads travel on the
-/// stream itself after their frame (TCP, Unix sockets); otherwise the frame body carries a remote
-/// reference and the server pulls/pushes the bytes (shm, RDMA).
+/// The control channel is always a framed, authenticated byte stream (`T::stream`); how payload
+/// bytes travel is the data path (memkv::data_path) a connection's hello asks for.
 ///
 /// Rules the compiler cannot check:
-///  1. `parse` accepts the transport's own endpoint syntax ("host:port", "unix:/path") and rejects
+///  1. `T::create(config)` makes the instance; environment variables are only fallbacks read by
+///     the callers of create() (client::create() reads MEMKV_TRANSPORT into the configuration).
+///  2. `parse` accepts the transport's own endpoint syntax ("host:port", "unix:/path") and rejects
 ///     everything else with errc::invalid_argument, so that transport_set can try its members.
-///  2. `listen` and `connect` return non-blocking objects; `accept`, `read_some`, `readv_some` and
+///  3. `listen` and `connect` return non-blocking objects; `accept`, `read_some`, `readv_some` and
 ///     `writev_some` never block: errc::retry means "nothing now, wait for readiness on fd()".
-///  3. `read_some`/`readv_some` return errc::closed at end of stream; a short count is normal.
-///  4. `connect` gives up after its timeout with errc::timed_out or errc::unavailable.
-///  5. `fd()` is valid for epoll (EPOLLIN/EPOLLOUT) until the object is destroyed or closed.
-///  6. A stream is used by one thread at a time; moving it to another thread is allowed.
-///  7. `is_loopback(endpoint)` is true only if no other host can reach the endpoint; a server
+///  4. `read_some`/`readv_some` return errc::closed at end of stream; a short count is normal.
+///  5. `connect` gives up after its timeout with errc::timed_out or errc::unavailable; it may run
+///     on another thread than the instance's other calls (the client's connector thread).
+///  6. `fd()` is valid for epoll (EPOLLIN/EPOLLOUT) until the object is destroyed or closed.
+///  7. A stream is used by one thread at a time; moving it to another thread is allowed.
+///  8. `is_loopback(endpoint)` is true only if no other host can reach the endpoint; a server
 ///     refuses to listen elsewhere without a key.
+///  9. `s.carries(k)`: whether a client whose hello asks for data transport `k` may be served
+///     on this stream; the server refuses every other hello on it.
 ///
 /// @code
-/// auto ep = memkv::tcp_transport::parse("127.0.0.1:9900");
-/// auto s = memkv::tcp_transport::connect(*ep, std::chrono::seconds(1));
+/// auto tcp = memkv::tcp_transport::create({});
+/// auto ep = tcp->parse("127.0.0.1:9900");
+/// auto s = tcp->connect(*ep, std::chrono::seconds(1));
 /// @endcode
 template <class T>
 concept transport =
-    std::movable<typename T::stream> && std::movable<typename T::listener> &&
-    std::copyable<typename T::endpoint> &&
-    std::same_as<std::remove_cv_t<decltype(T::payload_inline)>, bool> &&
+    std::movable<T> && std::movable<typename T::stream> && std::movable<typename T::listener> &&
+    std::copyable<typename T::endpoint> && std::copy_constructible<typename T::config> &&
     std::same_as<std::remove_cv_t<decltype(T::kind)>, transport_kind> &&
-    requires(std::string_view text, const typename T::endpoint& ep, typename T::listener& l,
-             typename T::stream& s, std::span<std::byte> buf, std::span<const iovec> iov,
-             std::chrono::milliseconds timeout) {
-        { T::parse(text) } -> std::same_as<result<typename T::endpoint>>;
-        { T::is_loopback(ep) } -> std::same_as<bool>;
-        { T::to_string(ep) } -> std::same_as<std::string>;
-        { T::listen(ep) } -> std::same_as<result<typename T::listener>>;
-        { T::connect(ep, timeout) } -> std::same_as<result<typename T::stream>>;
+    requires(const typename T::config& cfg, T& t, const T& ct, std::string_view text,
+             const typename T::endpoint& ep, typename T::listener& l, typename T::stream& s,
+             const typename T::stream& cs, std::span<std::byte> buf, std::span<const iovec> iov,
+             std::chrono::milliseconds timeout, transport_kind k) {
+        { T::create(cfg) } -> std::same_as<result<T>>;
+        { ct.parse(text) } -> std::same_as<result<typename T::endpoint>>;
+        { ct.is_loopback(ep) } -> std::same_as<bool>;
+        { ct.to_string(ep) } -> std::same_as<std::string>;
+        { t.listen(ep) } -> std::same_as<result<typename T::listener>>;
+        { t.connect(ep, timeout) } -> std::same_as<result<typename T::stream>>;
         { l.fd() } -> std::same_as<int>;
         { l.accept() } -> std::same_as<result<typename T::stream>>;
         { l.local_endpoint() } -> std::same_as<std::string>;
         { s.fd() } -> std::same_as<int>;
         { s.kind() } -> std::same_as<transport_kind>;
+        { cs.carries(k) } -> std::same_as<bool>;
         { s.peer() } -> std::same_as<std::string>;
         { s.read_some(buf) } -> std::same_as<result<std::size_t>>;
         { s.readv_some(iov) } -> std::same_as<result<std::size_t>>;
@@ -152,6 +166,11 @@ concept store =
 ///     bytes (stream paths: it is announced with announce_reply() before the first push);
 ///     false when the reply is sent on the control channel after every push completed
 ///     (one-sided paths: the client's memory holds the bytes before it learns they are there).
+///  7. `P::pulls_on_demand` is true when a pull can only be filled by bytes the client sends in
+///     its own order (stream paths): the record-write machine then arms a pull only once the
+///     stream has reached it (op_host's want), so that no buffer waits for bytes queued behind
+///     other requests' (with every buffer armed ahead, the frame at the head of the stream could
+///     find none: a deadlock). One-sided paths pull whenever they like, a few pieces ahead.
 ///
 /// @code
 /// path.pull({.request = id, .offset = 0, .length = n}, buffer, tag);  // PUT bytes -> buffer
@@ -161,6 +180,7 @@ concept store =
 template <class P>
 concept data_path =
     std::same_as<std::remove_cv_t<decltype(P::reply_rides_payload)>, bool> &&
+    std::same_as<std::remove_cv_t<decltype(P::pulls_on_demand)>, bool> &&
     requires(P& p, const P& cp, const protocol::payload_ref& ref, std::span<std::byte> dst,
              std::span<const std::byte> src, std::uint64_t tag, std::span<io_completion> out) {
         { p.pull(ref, dst, tag) } -> std::same_as<result<void>>;

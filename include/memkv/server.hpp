@@ -44,11 +44,14 @@ class server {
 
 public:
     using store_config = typename Store::config;
+    using transport_config = typename Transport::config;
 
-    /// Validates the configuration, opens the store (formatting it, or checking its superblock
-    /// against the configuration), creates every shard's store instance, engine and buffer
-    /// pool, and recovers each shard's index from the drive. Nothing listens until start().
-    static result<server> create(server_config cfg, store_config scfg = {}) {
+    /// Validates the configuration, makes the transport (from `tcfg`), opens the store
+    /// (formatting it, or checking its superblock against the configuration), creates every
+    /// shard's store instance, engine and buffer pool, and recovers each shard's index from the
+    /// drive. Nothing listens until start().
+    static result<server> create(server_config cfg, store_config scfg = {},
+                                 transport_config tcfg = {}) {
         if (cfg.listen.empty()) return errc::invalid_argument;
         if (cfg.shards == 0) cfg.shards = std::max(1u, std::thread::hardware_concurrency());
         if (cfg.buffer_size % 4096 != 0 || cfg.buffer_size < storage::crc_chunk_size ||
@@ -60,7 +63,9 @@ public:
         if (!cfg.keys) cfg.keys = std::make_shared<auth::key_ring>();
         if (cfg.trim == trim_mode::by_store)
             cfg.trim = trim_by_default<Store> ? trim_mode::on : trim_mode::off;
-        server s(std::make_unique<state>(std::move(cfg)));
+        auto t = Transport::create(tcfg);
+        if (!t) return t.error();
+        server s(std::make_unique<state>(std::move(cfg), std::move(*t)));
         MEMKV_TRY(s.s_->open(scfg));
         return s;
     }
@@ -93,7 +98,7 @@ public:
         if (!ring) return errc::invalid_argument;
         if (ring->empty())
             for (const auto& text : s_->cfg.listen)
-                if (auto ep = Transport::parse(text); ep && !Transport::is_loopback(*ep))
+                if (auto ep = s_->transport.parse(text); ep && !s_->transport.is_loopback(*ep))
                     return errc::unauthenticated;
         std::lock_guard lock(s_->keys_mutex);
         s_->keys = std::move(ring);
@@ -128,7 +133,8 @@ private:
 
     /// Everything the handle owns (at a fixed address: the threads refer to it).
     struct state {
-        explicit state(server_config c) : cfg(std::move(c)), keys(cfg.keys) {}
+        state(server_config c, Transport t)
+            : cfg(std::move(c)), transport(std::move(t)), keys(cfg.keys) {}
         ~state() { stop(); }
 
         result<void> open(const store_config& scfg);
@@ -141,6 +147,7 @@ private:
         void pin(std::uint32_t i) const;
 
         server_config cfg;
+        Transport transport; // the instance the listeners come from
         std::unique_ptr<shard_counters[]> counters;
         std::vector<std::unique_ptr<shard_type>> shards;
         std::unique_ptr<acceptor_type> acceptor;
@@ -228,18 +235,18 @@ template <transport Transport, store Store>
 result<void> server<Transport, Store>::state::start() {
     std::vector<typename Transport::listener> listeners;
     for (const auto& text : cfg.listen) {
-        auto ep = Transport::parse(text);
+        auto ep = transport.parse(text);
         if (!ep) {
             detail::log_error("cannot parse listen endpoint '{}'", text);
             return ep.error();
         }
-        if (cfg.keys->empty() && !Transport::is_loopback(*ep)) {
+        if (cfg.keys->empty() && !transport.is_loopback(*ep)) {
             detail::log_error("refusing to listen on {} without an auth key (set MEMKV_AUTH_KEY "
                               "or a key file)",
                               text);
             return errc::unauthenticated;
         }
-        auto l = Transport::listen(*ep);
+        auto l = transport.listen(*ep);
         if (!l) {
             detail::log_error("cannot listen on {}: {}", text, l.error().message());
             return l.error();

@@ -36,12 +36,13 @@ struct minimal_store : store_without_poll {
 
 // A transport whose stream cannot write: not a transport.
 struct transport_without_write {
-    static constexpr bool payload_inline = true;
     static constexpr memkv::transport_kind kind = memkv::transport_kind::tcp;
     using endpoint = std::string;
+    struct config {};
     struct stream {
         int fd() const { return -1; }
         memkv::transport_kind kind() const { return memkv::transport_kind::tcp; }
+        bool carries(memkv::transport_kind k) const { return k == kind(); }
         std::string peer() const { return {}; }
         memkv::result<std::size_t> read_some(std::span<std::byte>) { return std::size_t{0}; }
         memkv::result<std::size_t> readv_some(std::span<const iovec>) { return std::size_t{0}; }
@@ -52,6 +53,38 @@ struct transport_without_write {
         memkv::result<stream> accept() { return stream{}; }
         std::string local_endpoint() const { return {}; }
     };
+    static memkv::result<transport_without_write> create(const config&) {
+        return transport_without_write{};
+    }
+    memkv::result<endpoint> parse(std::string_view s) const { return std::string(s); }
+    bool is_loopback(const endpoint&) const { return true; }
+    std::string to_string(const endpoint& e) const { return e; }
+    memkv::result<listener> listen(const endpoint&) { return listener{}; }
+    memkv::result<stream> connect(const endpoint&, std::chrono::milliseconds) { return stream{}; }
+};
+
+// The same with a writing stream: a transport, to show the rule above is the only difference.
+struct minimal_transport : transport_without_write {
+    struct stream : transport_without_write::stream {
+        memkv::result<std::size_t> writev_some(std::span<const iovec>) { return std::size_t{0}; }
+    };
+    struct listener {
+        int fd() const { return -1; }
+        memkv::result<stream> accept() { return stream{}; }
+        std::string local_endpoint() const { return {}; }
+    };
+    static memkv::result<minimal_transport> create(const config&) { return minimal_transport{}; }
+    memkv::result<listener> listen(const endpoint&) { return listener{}; }
+    memkv::result<stream> connect(const endpoint&, std::chrono::milliseconds) { return stream{}; }
+};
+
+// A transport of static functions without an instance (the shape before issue 11): rejected.
+struct transport_without_instance {
+    static constexpr memkv::transport_kind kind = memkv::transport_kind::tcp;
+    using endpoint = std::string;
+    using stream = minimal_transport::stream;
+    using listener = minimal_transport::listener;
+    struct config {};
     static memkv::result<endpoint> parse(std::string_view s) { return std::string(s); }
     static bool is_loopback(const endpoint&) { return true; }
     static std::string to_string(const endpoint& e) { return e; }
@@ -108,28 +141,47 @@ TEST_CASE("the real transports and their sets satisfy the transport concept",
     STATIC_REQUIRE(memkv::transport<memkv::stream_transports>);
 }
 
-TEST_CASE("a transport whose stream cannot write, or a store, is not a transport",
+TEST_CASE("a transport whose stream cannot write, one without an instance, or a store, is not "
+          "a transport",
           "[concepts][transport]") {
+    STATIC_REQUIRE(memkv::transport<minimal_transport>);
     STATIC_REQUIRE(!memkv::transport<transport_without_write>);
+    STATIC_REQUIRE(!memkv::transport<transport_without_instance>);
     STATIC_REQUIRE(!memkv::transport<memkv::memory_store>);
     STATIC_REQUIRE(!memkv::transport<int>);
 }
 
-TEST_CASE("transport_set parses each member's endpoints with that member",
+TEST_CASE("transport_set parses each member's endpoints with that member, or only with the one "
+          "its configuration names",
           "[concepts][transport]") {
     using set = memkv::stream_transports;
-    auto tcp = set::parse("127.0.0.1:9900");
+    auto any = set::create({});
+    REQUIRE(any);
+    auto tcp = any->parse("127.0.0.1:9900");
     REQUIRE(tcp);
     CHECK(tcp->index() == 0);
-    auto un = set::parse("unix:/tmp/memkv.sock");
+    auto un = any->parse("unix:/tmp/memkv.sock");
     REQUIRE(un);
     CHECK(un->index() == 1);
-    CHECK(set::is_loopback(*tcp));
-    CHECK(set::is_loopback(*un));
-    CHECK(!set::parse("no-port-here"));
-    CHECK(!memkv::tcp_transport::parse("unix:/tmp/x"));
-    CHECK(!memkv::unix_transport::parse("127.0.0.1:1"));
-    auto remote = memkv::tcp_transport::parse("10.1.2.3:9900");
+    CHECK(any->is_loopback(*tcp));
+    CHECK(any->is_loopback(*un));
+    CHECK(!any->parse("no-port-here"));
+    set::config only_unix;
+    only_unix.only = memkv::transport_kind::unix_socket;
+    auto unix_only = set::create(only_unix);
+    REQUIRE(unix_only);
+    CHECK(!unix_only->parse("127.0.0.1:9900"));
+    CHECK(unix_only->parse("unix:/tmp/memkv.sock"));
+    set::config only_shm;
+    only_shm.only = memkv::transport_kind::shm; // not a member
+    CHECK(set::create(only_shm).error() == memkv::errc::invalid_argument);
+    auto t = memkv::tcp_transport::create({});
+    auto u = memkv::unix_transport::create({});
+    REQUIRE(t);
+    REQUIRE(u);
+    CHECK(!t->parse("unix:/tmp/x"));
+    CHECK(!u->parse("127.0.0.1:1"));
+    auto remote = t->parse("10.1.2.3:9900");
     REQUIRE(remote);
-    CHECK(!memkv::tcp_transport::is_loopback(*remote));
+    CHECK(!t->is_loopback(*remote));
 }

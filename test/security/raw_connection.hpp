@@ -172,9 +172,11 @@ make_proof(std::span<const std::byte, 32> secret,
 /// directions' sequence numbers and MACs every frame built with frame().
 class raw_connection {
 public:
-    /// Connects to "host:port" (the server's TCP endpoint). Fails the test if it cannot.
+    /// Connects to "host:port" (the server's TCP endpoint) or "unix:/path". Fails the test if
+    /// it cannot.
     static raw_connection connect(const std::string& endpoint) {
-        auto addr = detail::parse_inet_address(endpoint);
+        auto addr = endpoint.starts_with("unix:") ? detail::parse_unix_address(endpoint)
+                                                  : detail::parse_inet_address(endpoint);
         REQUIRE(addr);
         auto s = detail::connect_stream(*addr, milliseconds(2000));
         REQUIRE(s);
@@ -217,10 +219,10 @@ public:
     /// Half-closes: the server sees end of stream while we can still read its answer.
     void shutdown_write() { ::shutdown(fd(), SHUT_WR); }
 
-    /// The real client handshake (detail::client_handshake) with `key` (nullptr: no key).
-    result<void> handshake(const auth::key_entry* key) {
-        auto r = detail::client_handshake(s_, key, transport_kind::tcp,
-                                          clock::now() + milliseconds(2000));
+    /// The real client handshake (detail::client_handshake) with `key` (nullptr: no key),
+    /// asking for data transport `kind`.
+    result<void> handshake(const auth::key_entry* key, transport_kind kind = transport_kind::tcp) {
+        auto r = detail::client_handshake(s_, key, kind, clock::now() + milliseconds(2000));
         if (!r) return r.error();
         sess_.emplace(std::move(*r));
         return {};

@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <string>
+#include <thread>
 #include <vector>
 
 using namespace memkv;
@@ -114,6 +115,48 @@ manual_handshake handshake_by_hand(raw_connection& c, const auth::key_entry& k) 
 }
 
 } // namespace
+
+TEST_CASE("a hello asking for a data transport its listener cannot carry is refused without a "
+          "challenge, and the one the listener carries is served",
+          "[security][auth][transport]") {
+    auto cfg = memkv::test::make_config(2);
+    cfg.keys = make_ring({make_key(1, "a", 0x11)});
+    memkv::test::server_fixture fx(cfg, 1ull << 30, /*with_unix=*/true);
+    const auto key = make_key(1, "a", 0x11);
+    struct listener_case {
+        std::string endpoint;
+        transport_kind carried;
+    };
+    for (const auto& l : {listener_case{fx.tcp_endpoint, transport_kind::tcp},
+                          listener_case{fx.unix_endpoint, transport_kind::unix_socket}}) {
+        for (std::uint8_t byte : {0, 1, 2, 3, 4, 99}) {
+            const auto asked = static_cast<transport_kind>(byte);
+            INFO(l.endpoint << ", hello transport byte " << int(byte));
+            const auto failures0 = fx.server->handshake_failures();
+            auto c = raw_connection::connect(l.endpoint);
+            auto r = c.handshake(&key, asked);
+            if (asked == l.carried) {
+                REQUIRE(r);
+                c.attach(0);
+                const auto id = c.next_id();
+                REQUIRE(c.send(c.frame(header(opcode::ping, id))));
+                auto reply = c.read_frame();
+                REQUIRE(reply);
+                CHECK(reply->h.op == (op(opcode::ping) | protocol::reply_bit));
+                CHECK(reply->h.status() == 0);
+                CHECK(fx.server->handshake_failures() == failures0);
+            } else {
+                // Refused at the hello: the connection closes, no challenge comes.
+                REQUIRE_FALSE(r);
+                CHECK(r.error() != errc::unauthenticated);
+                const auto deadline = clock::now() + milliseconds(2000);
+                while (fx.server->handshake_failures() == failures0 && clock::now() < deadline)
+                    std::this_thread::sleep_for(milliseconds(1));
+                CHECK(fx.server->handshake_failures() > failures0);
+            }
+        }
+    }
+}
 
 TEST_CASE("clients without a key, with a wrong secret or an unknown key id are refused",
           "[security][auth]") {

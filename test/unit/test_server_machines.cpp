@@ -34,6 +34,7 @@ constexpr std::uint64_t MiB = 1u << 20;
 /// only when the test completes it, in whatever order it chooses.
 struct scripted_path {
     static constexpr bool reply_rides_payload = false;
+    static constexpr bool pulls_on_demand = false;
     struct transfer {
         protocol::payload_ref ref;
         std::span<std::byte> dst;       // pull
@@ -116,6 +117,7 @@ struct test_host final : op_host {
     }
     void skip(const protocol::payload_ref& r) override { path.skip(r); }
     bool reply_rides_payload() const noexcept override { return Path::reply_rides_payload; }
+    bool pulls_on_demand() const noexcept override { return Path::pulls_on_demand; }
     void reply(opcode op, std::uint64_t id, std::error_code st) override {
         answers.push_back({op, id, st});
     }
@@ -444,5 +446,27 @@ TEST_CASE("A refused PUT's value is drained over a stream path: its data frames 
     CHECK(path.on_data(h) == detail::data_disposition::unknown);
     h.request_id = 8;
     CHECK(path.on_data(h) == detail::data_disposition::unknown);
+    s.check_nothing_held();
+}
+
+TEST_CASE("Over a stream path a PUT takes a buffer only for bytes the stream has reached, so "
+          "that no buffer waits behind other requests' frames",
+          "[unit][server][record_write][inline_data_path]") {
+    shard_parts<memory_store> s;
+    detail::frame_channel<idle_stream> ch(idle_stream{}, test_mac(), test_mac(), s.cfg.limits);
+    detail::inline_data_path<idle_stream> path(ch);
+    test_host host(path);
+    auto op = start_put(s, host, 3, "streamed", 3 * MiB);
+    CHECK(path.waiting_pulls() == 0); // reserved, nothing armed ahead
+    CHECK(s.pool.available() == s.pool.capacity());
+    op->want(MiB / 2); // a frame of the first half MiB is at the head of the stream
+    CHECK(path.waiting_pulls() == 1);
+    CHECK(s.pool.available() == s.pool.capacity() - 1);
+    op->want(MiB + 1); // a frame that straddles the first two pieces
+    CHECK(path.waiting_pulls() == 2);
+    CHECK(s.pool.available() == s.pool.capacity() - 2);
+    op->detach();
+    path.fence();
+    s.pump(path);
     s.check_nothing_held();
 }

@@ -116,7 +116,10 @@ result<session> client_handshake(Stream& s, const auth::key_entry* key, transpor
 
 /// Server side of one connection's handshake, stepped whenever the socket is readable. The
 /// server reads only the fixed-size hello and proof messages before authentication, so a
-/// pre-auth connection costs this object (about 300 bytes) plus the socket.
+/// pre-auth connection costs this object (about 300 bytes) plus the socket. A hello asking for a
+/// data transport the stream cannot carry (transport rule 9: a TCP listener takes tcp, a Unix
+/// one unix) is refused as malformed (errc::protocol) without a challenge; one with no version
+/// in common gets its version-0 challenge first, as every such hello does.
 template <class Stream>
 class server_handshake {
 public:
@@ -132,6 +135,8 @@ public:
     /// The tenant of the proven key ("default" without keys). Valid once done.
     const std::string& tenant() const noexcept { return tenant_; }
     std::uint32_t key_id() const noexcept { return key_id_; }
+    /// The data transport the hello asked for (one the stream carries). Valid once done.
+    transport_kind requested() const noexcept { return requested_; }
 
     /// Reads what is available and advances. Returns the session when the client has proven its
     /// key; nullopt while more bytes are needed; an error when the connection must be closed.
@@ -209,6 +214,12 @@ private:
             state_ = state::failed;
             return errc::version_mismatch;
         }
+        // A version in common but a data transport this listener cannot carry: no challenge.
+        if (!stream_.carries(static_cast<transport_kind>(h->transport))) {
+            state_ = state::failed;
+            return errc::protocol;
+        }
+        requested_ = static_cast<transport_kind>(h->transport);
         // 96 bytes fit in any socket buffer of a fresh connection.
         if (auto w = write_all(stream_, challenge_, deadline_); !w) {
             state_ = state::failed;
@@ -252,6 +263,7 @@ private:
     auth::nonce client_nonce_{}, server_nonce_{};
     std::string tenant_;
     std::uint32_t key_id_ = 0;
+    transport_kind requested_ = transport_kind::tcp;
     bool known_ = false;
 };
 

@@ -45,6 +45,7 @@ template <class Stream>
 class inline_data_path {
 public:
     static constexpr bool reply_rides_payload = true;
+    static constexpr bool pulls_on_demand = true;
 
     explicit inline_data_path(frame_channel<Stream>& ch) noexcept : ch_(&ch) {}
     inline_data_path(const inline_data_path&) = delete;

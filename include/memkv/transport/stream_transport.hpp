@@ -11,12 +11,15 @@
 
 namespace memkv::detail {
 
-/// A stream transport over sockets of one kind. `Parse` turns endpoint text into an address.
-template <transport_kind Kind, auto Parse>
+/// A stream transport over sockets of one kind, `Derived` being the transport itself (CRTP:
+/// create() makes one). `Parse` turns endpoint text into an address. Its instance holds nothing:
+/// sockets need no context beyond the kernel's.
+template <class Derived, transport_kind Kind, auto Parse>
 struct socket_transport {
-    static constexpr bool payload_inline = true;
     static constexpr transport_kind kind = Kind;
     using endpoint = socket_address;
+    /// Nothing to configure: memkv sets what its sockets need (TCP_NODELAY, non-blocking).
+    struct config {};
 
     /// A connected stream; payload bytes travel on it after their frames.
     class stream : public socket_stream {
@@ -25,6 +28,8 @@ struct socket_transport {
         stream(socket_stream s, std::string peer) noexcept
             : socket_stream(std::move(s)), peer_(std::move(peer)) {}
         transport_kind kind() const noexcept { return Kind; }
+        /// A hello on a stream of this kind may ask only for this kind's inline data path.
+        bool carries(transport_kind requested) const noexcept { return requested == Kind; }
         const std::string& peer_ref() const noexcept { return peer_; }
         std::string peer() const { return peer_; }
 
@@ -50,15 +55,17 @@ struct socket_transport {
         socket_listener l_;
     };
 
-    static result<endpoint> parse(std::string_view text) noexcept { return Parse(text); }
-    static bool is_loopback(const endpoint& ep) noexcept { return detail::is_loopback(ep); }
-    static std::string to_string(const endpoint& ep) { return ep.text; }
-    static result<listener> listen(const endpoint& ep) noexcept {
+    static result<Derived> create(const config& = {}) noexcept { return Derived{}; }
+
+    result<endpoint> parse(std::string_view text) const noexcept { return Parse(text); }
+    bool is_loopback(const endpoint& ep) const noexcept { return detail::is_loopback(ep); }
+    std::string to_string(const endpoint& ep) const { return ep.text; }
+    result<listener> listen(const endpoint& ep) noexcept {
         auto l = socket_listener::listen(ep);
         if (!l) return l.error();
         return listener(std::move(*l));
     }
-    static result<stream> connect(const endpoint& ep, std::chrono::milliseconds timeout) noexcept {
+    result<stream> connect(const endpoint& ep, std::chrono::milliseconds timeout) noexcept {
         auto s = connect_stream(ep, timeout);
         if (!s) return s.error();
         return stream(std::move(*s), ep.text);

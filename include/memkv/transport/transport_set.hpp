@@ -4,33 +4,44 @@
 
 #include <memkv/concepts.hpp>
 
-#include <cstdlib>
+#include <optional>
 #include <string_view>
+#include <tuple>
+#include <utility>
 #include <variant>
 
 namespace memkv {
 
 /// A transport made of several. A server built with it listens on endpoints of every member and
 /// serves all their clients at once; a client built with it picks a member per server at run
-/// time: the first member (in template order) whose `parse` accepts the endpoint text, restricted
-/// to one member when MEMKV_TRANSPORT names it (`auto` or unset: any).
+/// time: the first member (in template order) whose `parse` accepts the endpoint text,
+/// restricted to one member when config::only names it (client_config::transport, or
+/// MEMKV_TRANSPORT read by client::create()).
 ///
-/// The endpoint, listener and stream are variants over the members'. `kind` is the first
-/// member's (the set's streams report their own kind()).
+/// The endpoint, listener and stream are variants over the members'; each stream reports its
+/// own member's kind() and carries(), so a server's acceptor checks every hello against the
+/// listener it arrived on, and its shard picks the data path from the hello's transport byte.
+/// `kind` is the first member's.
 template <transport... T>
-requires(sizeof...(T) >= 1) struct transport_set {
-    static constexpr bool payload_inline = (T::payload_inline && ...);
-    static_assert(payload_inline, "transports with out-of-band payloads need per-stream dispatch");
+requires(sizeof...(T) >= 1) class transport_set {
+public:
     static constexpr transport_kind kind = std::get<0>(std::tuple{T::kind...});
 
     using endpoint = std::variant<typename T::endpoint...>;
+
+    /// The members' configurations, and the member a client is restricted to.
+    struct config {
+        std::tuple<typename T::config...> members{};
+        std::optional<transport_kind> only; ///< a member's kind; none: any member
+    };
+
+    /// Whether `k` is the kind of one of the members.
+    static constexpr bool has_member(transport_kind k) noexcept { return ((T::kind == k) || ...); }
 
     /// A stream of whichever member connected or accepted it.
     class stream {
     public:
         stream() = default;
-        template <class S>
-        explicit stream(std::in_place_type_t<S>, S&& s) : v_(std::in_place_type<S>, std::move(s)) {}
         template <std::size_t I, class S>
         stream(std::in_place_index_t<I> i, S&& s) : v_(i, std::move(s)) {}
 
@@ -39,6 +50,9 @@ requires(sizeof...(T) >= 1) struct transport_set {
         }
         transport_kind kind() const noexcept {
             return std::visit([](const auto& s) { return s.kind(); }, v_);
+        }
+        bool carries(transport_kind requested) const noexcept {
+            return std::visit([&](const auto& s) { return s.carries(requested); }, v_);
         }
         std::string peer() const {
             return std::visit([](const auto& s) { return s.peer(); }, v_);
@@ -73,106 +87,117 @@ requires(sizeof...(T) >= 1) struct transport_set {
         std::string local_endpoint() const {
             return std::visit([](const auto& l) { return l.local_endpoint(); }, v_);
         }
-        result<stream> accept() noexcept { return accept_impl(std::index_sequence_for<T...>{}); }
+        result<stream> accept() noexcept {
+            return std::visit(
+                [&](auto& l) -> result<stream> {
+                    auto s = l.accept();
+                    if (!s) return s.error();
+                    constexpr auto I = index_of<typename std::decay_t<decltype(*s)>>();
+                    return stream(std::in_place_index<I>, std::move(*s));
+                },
+                v_);
+        }
 
     private:
-        template <std::size_t... I>
-        result<stream> accept_impl(std::index_sequence<I...>) noexcept {
-            result<stream> out = errc::internal;
-            ((v_.index() == I ? (void)(out = wrap<I>(std::get<I>(v_).accept())) : void()), ...);
-            return out;
-        }
-        template <std::size_t I, class R>
-        static result<stream> wrap(R&& r) {
-            if (!r) return r.error();
-            return stream(std::in_place_index<I>, std::move(*r));
-        }
         std::variant<typename T::listener...> v_;
     };
 
-    /// Parses with the first member that accepts the text (see MEMKV_TRANSPORT above).
-    static result<endpoint> parse(std::string_view text) noexcept {
-        std::string_view only;
-        if (const char* env = std::getenv("MEMKV_TRANSPORT");
-            env && std::string_view(env) != "auto")
-            only = env;
-        return parse_impl(text, only, std::index_sequence_for<T...>{});
+    /// Makes every member from its configuration; errc::invalid_argument when `only` names no
+    /// member.
+    static result<transport_set> create(const config& c = {}) {
+        if (c.only && !has_member(*c.only)) return errc::invalid_argument;
+        return create_members(c, std::index_sequence_for<T...>{});
     }
-    static bool is_loopback(const endpoint& ep) noexcept {
-        return visit_member(
-            ep, [](auto tag, const auto& e) { return decltype(tag)::type::is_loopback(e); });
+
+    /// Parses with the first member that accepts the text (only `only`, if set).
+    result<endpoint> parse(std::string_view text) const noexcept {
+        result<endpoint> out = errc::invalid_argument;
+        bool done = false;
+        for_each_member([&]<std::size_t I>(std::integral_constant<std::size_t, I>) {
+            using M = std::tuple_element_t<I, std::tuple<T...>>;
+            if (done || (only_ && *only_ != M::kind)) return;
+            if (auto e = std::get<I>(members_).parse(text)) {
+                out = endpoint(std::in_place_index<I>, std::move(*e));
+                done = true;
+            }
+        });
+        return out;
     }
-    static std::string to_string(const endpoint& ep) {
-        return visit_member(
-            ep, [](auto tag, const auto& e) { return decltype(tag)::type::to_string(e); });
+    bool is_loopback(const endpoint& ep) const noexcept {
+        return visit_member(ep, [](const auto& m, const auto& e) { return m.is_loopback(e); });
     }
-    static result<listener> listen(const endpoint& ep) noexcept {
-        return listen_impl(ep, std::index_sequence_for<T...>{});
+    std::string to_string(const endpoint& ep) const {
+        return visit_member(ep, [](const auto& m, const auto& e) { return m.to_string(e); });
     }
-    static result<stream> connect(const endpoint& ep, std::chrono::milliseconds timeout) noexcept {
-        return connect_impl(ep, timeout, std::index_sequence_for<T...>{});
+    result<listener> listen(const endpoint& ep) noexcept {
+        return visit_member(ep, [&]<class M>(M& m, const auto& e) -> result<listener> {
+            auto l = m.listen(e);
+            if (!l) return l.error();
+            return listener(std::in_place_index<index_of<typename M::stream>()>, std::move(*l));
+        });
+    }
+    result<stream> connect(const endpoint& ep, std::chrono::milliseconds timeout) noexcept {
+        return visit_member(ep, [&]<class M>(M& m, const auto& e) -> result<stream> {
+            auto s = m.connect(e, timeout);
+            if (!s) return s.error();
+            return stream(std::in_place_index<index_of<typename M::stream>()>, std::move(*s));
+        });
     }
 
 private:
-    template <class M>
-    struct tag {
-        using type = M;
-    };
+    transport_set(std::tuple<T...> members, std::optional<transport_kind> only)
+        : members_(std::move(members)), only_(only) {}
+
+    template <std::size_t... I>
+    static result<transport_set> create_members(const config& c, std::index_sequence<I...>) {
+        std::tuple<result<T>...> made{T::create(std::get<I>(c.members))...};
+        std::error_code ec;
+        ((ec = ec || std::get<I>(made) ? ec : std::get<I>(made).error()), ...);
+        if (ec) return ec;
+        return transport_set(std::tuple<T...>(std::move(*std::get<I>(made))...), c.only);
+    }
+
+    /// The index of the member whose stream type is `S`.
+    template <class S>
+    static constexpr std::size_t index_of() noexcept {
+        constexpr bool is[] = {std::is_same_v<S, typename T::stream>...};
+        for (std::size_t i = 0; i < sizeof...(T); ++i)
+            if (is[i]) return i;
+        return sizeof...(T);
+    }
+
     template <class F>
-    static auto visit_member(const endpoint& ep, F&& f) {
-        return visit_impl(ep, f, std::index_sequence_for<T...>{});
+    void for_each_member(F&& f) const {
+        [&]<std::size_t... I>(std::index_sequence<I...>) {
+            (f(std::integral_constant<std::size_t, I>{}), ...);
+        }
+        (std::index_sequence_for<T...>{});
     }
-    template <class F, std::size_t... I>
-    static auto visit_impl(const endpoint& ep, F& f, std::index_sequence<I...>) {
-        using members = std::tuple<T...>;
-        using R = decltype(f(tag<std::tuple_element_t<0, members>>{}, std::get<0>(ep)));
-        R out{};
-        ((ep.index() == I
-              ? (void)(out = f(tag<std::tuple_element_t<I, members>>{}, std::get<I>(ep)))
-              : void()),
-         ...);
-        return out;
+
+    /// `f(member, member's endpoint)` for the member `ep` belongs to.
+    template <class F>
+    decltype(auto) visit_member(const endpoint& ep, F&& f) const {
+        return visit_impl(*this, ep, f);
     }
-    template <std::size_t... I>
-    static result<endpoint> parse_impl(std::string_view text, std::string_view only,
-                                       std::index_sequence<I...>) noexcept {
-        result<endpoint> out = errc::invalid_argument;
-        bool done = false;
-        auto try_one = [&]<std::size_t J, class M>(std::integral_constant<std::size_t, J>, tag<M>) {
-            if (done || (!only.empty() && only != transport_name(M::kind))) return;
-            if (auto e = M::parse(text)) {
-                out = endpoint(std::in_place_index<J>, std::move(*e));
-                done = true;
-            }
-        };
-        (try_one(std::integral_constant<std::size_t, I>{}, tag<T>{}), ...);
-        return out;
+    template <class F>
+    decltype(auto) visit_member(const endpoint& ep, F&& f) {
+        return visit_impl(*this, ep, f);
     }
-    template <std::size_t... I>
-    static result<listener> listen_impl(const endpoint& ep, std::index_sequence<I...>) noexcept {
-        result<listener> out = errc::internal;
-        auto one = [&]<std::size_t J, class M>(std::integral_constant<std::size_t, J>, tag<M>) {
-            if (ep.index() != J) return;
-            auto l = M::listen(std::get<J>(ep));
-            out = l ? result<listener>(listener(std::in_place_index<J>, std::move(*l)))
-                    : result<listener>(l.error());
-        };
-        (one(std::integral_constant<std::size_t, I>{}, tag<T>{}), ...);
-        return out;
+    template <class Self, class F>
+    static decltype(auto) visit_impl(Self& self, const endpoint& ep, F& f) {
+        return [&]<std::size_t... I>(std::index_sequence<I...>) {
+            using R = decltype(f(std::get<0>(self.members_), std::get<0>(ep)));
+            std::optional<R> out;
+            ((ep.index() == I ? (void)out.emplace(f(std::get<I>(self.members_), std::get<I>(ep)))
+                              : void()),
+             ...);
+            return std::move(*out);
+        }
+        (std::index_sequence_for<T...>{});
     }
-    template <std::size_t... I>
-    static result<stream> connect_impl(const endpoint& ep, std::chrono::milliseconds timeout,
-                                       std::index_sequence<I...>) noexcept {
-        result<stream> out = errc::internal;
-        auto one = [&]<std::size_t J, class M>(std::integral_constant<std::size_t, J>, tag<M>) {
-            if (ep.index() != J) return;
-            auto s = M::connect(std::get<J>(ep), timeout);
-            out = s ? result<stream>(stream(std::in_place_index<J>, std::move(*s)))
-                    : result<stream>(s.error());
-        };
-        (one(std::integral_constant<std::size_t, I>{}, tag<T>{}), ...);
-        return out;
-    }
+
+    std::tuple<T...> members_;
+    std::optional<transport_kind> only_;
 };
 
 } // namespace memkv

@@ -8,8 +8,8 @@ namespace memkv {
 
 /// A Unix stream socket ("unix:/path", or "unix:@name" in the abstract namespace). Same frames
 /// and inline payloads as tcp_transport; the control channel of the future shm transport.
-struct unix_transport
-    : detail::socket_transport<transport_kind::unix_socket, &detail::parse_unix_address> {};
+struct unix_transport : detail::socket_transport<unix_transport, transport_kind::unix_socket,
+                                                 &detail::parse_unix_address> {};
 
 static_assert(transport<unix_transport>);
 

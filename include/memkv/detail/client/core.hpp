@@ -45,12 +45,13 @@ class core {
 public:
     using callback = std::function<void(std::span<operation>)>;
 
-    static result<std::unique_ptr<core>> create(client_config cfg) {
+    static result<std::unique_ptr<core>> create(client_config cfg, Transport transport) {
         auto tracker = batch_tracker::create(cfg.max_inflight);
         if (!tracker) return tracker.error();
         auto loop = event_loop::create();
         if (!loop) return loop.error();
-        std::unique_ptr<core> c(new core(std::move(cfg), std::move(*tracker), std::move(*loop)));
+        std::unique_ptr<core> c(
+            new core(std::move(cfg), std::move(transport), std::move(*tracker), std::move(*loop)));
         MEMKV_TRY(c->init());
         return c;
     }
@@ -150,13 +151,13 @@ public:
     }
 
 private:
-    core(client_config cfg, batch_tracker tracker, event_loop loop)
-        : cfg_(std::move(cfg)), placement_(cfg_.servers), tracker_(std::move(tracker)),
-          loop_(std::move(loop)), inbox_(loop_) {}
+    core(client_config cfg, Transport transport, batch_tracker tracker, event_loop loop)
+        : cfg_(std::move(cfg)), transport_(std::move(transport)), placement_(cfg_.servers),
+          tracker_(std::move(tracker)), loop_(std::move(loop)), inbox_(loop_) {}
 
     result<void> init() {
         for (const auto& text : cfg_.servers) {
-            auto ep = Transport::parse(text);
+            auto ep = transport_.parse(text);
             if (!ep) return ep.error();
             auto s = std::make_unique<link_type>();
             s->endpoint_text = text;
@@ -167,8 +168,8 @@ private:
         // now is retried later and its requests fail with errc::unavailable meanwhile.
         std::error_code first_error;
         for (std::size_t i = 0; i < servers_.size(); ++i) {
-            auto out = open_connections<Transport>(i, servers_[i]->endpoint, cfg_, tracker_,
-                                                   servers_[i]->stats);
+            auto out = open_connections(transport_, i, servers_[i]->endpoint, cfg_, tracker_,
+                                        servers_[i]->stats);
             if (out.error && !first_error) first_error = out.error;
             settle(std::move(out));
         }
@@ -286,8 +287,8 @@ private:
         auto& s = *servers_[i];
         s.state = link_state::connecting;
         connector_->post([this, i] {
-            return open_connections<Transport>(i, servers_[i]->endpoint, cfg_, tracker_,
-                                               servers_[i]->stats);
+            return open_connections(transport_, i, servers_[i]->endpoint, cfg_, tracker_,
+                                    servers_[i]->stats);
         });
         std::lock_guard lock(s.stats.m);
         ++s.stats.counts.reconnects;
@@ -437,6 +438,7 @@ private:
     }
 
     client_config cfg_;
+    Transport transport_;
     placement placement_;
     std::vector<std::unique_ptr<link_type>> servers_;
     batch_tracker tracker_;

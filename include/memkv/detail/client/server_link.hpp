@@ -79,19 +79,20 @@ struct server_link {
 };
 
 /// Opens one connection per shard of server `i` at `ep`: blocking, each bounded by
-/// connect_timeout (handshake, then attach). Touches no client state but `ctx`'s references,
-/// so the connector thread may run it.
+/// connect_timeout (handshake, then attach). Touches nothing of the client but the tracker and
+/// the server's counters (both thread-safe) and `transport`'s connect (transport rule 5), so the
+/// connector thread may run it.
 template <transport Transport>
 connect_outcome<typename Transport::stream>
-open_connections(std::size_t i, const typename Transport::endpoint& ep, const client_config& cfg,
-                 batch_tracker& tracker, link_stats& stats) {
+open_connections(Transport& transport, std::size_t i, const typename Transport::endpoint& ep,
+                 const client_config& cfg, batch_tracker& tracker, link_stats& stats) {
     using stream_type = typename Transport::stream;
     connect_outcome<stream_type> out;
     out.server = i;
     const auto key = cfg.key ? &*cfg.key : nullptr;
     auto open = [&](std::uint32_t shard) -> result<std::unique_ptr<connection<stream_type>>> {
         const auto deadline = clock::now() + cfg.connect_timeout;
-        auto st = Transport::connect(ep, cfg.connect_timeout);
+        auto st = transport.connect(ep, cfg.connect_timeout);
         if (!st) return st.error();
         auto sess = client_handshake(*st, key, st->kind(), deadline);
         if (!sess) return sess.error();

@@ -25,7 +25,9 @@ namespace memkv::detail::server {
 
 /// The acceptor of a server, run on a thread of its own: it accepts on every listener, steps
 /// each new connection's handshake (only the fixed-size hello and proof are read before
-/// authentication), reads its attach, and hands it to the shard it asked for. A connection
+/// authentication; a hello asking for a data transport its listener cannot carry is refused),
+/// reads its attach, and hands it to the shard it asked for, with the data transport it asked
+/// for. A connection
 /// costs a socket and a few hundred bytes until then, and is closed when its handshake times
 /// out or when max_pending_connections are already waiting.
 template <transport Transport>
@@ -172,7 +174,7 @@ private:
         }
         give_(p.shard,
               std::make_unique<attached_connection<stream_type>>(attached_connection<stream_type>{
-                  std::move(*p.ch), std::move(p.tenant), p.attach_id}));
+                  std::move(*p.ch), std::move(p.tenant), p.attach_id, p.hs.requested()}));
         pending_.erase(it);
     }
 

@@ -197,6 +197,7 @@ public:
         path_.skip(ref);
     }
     bool reply_rides_payload() const noexcept override { return Path::reply_rides_payload; }
+    bool pulls_on_demand() const noexcept override { return Path::pulls_on_demand; }
 
     void reply(protocol::opcode op, std::uint64_t id, std::error_code status) override {
         send_reply(op, id, status, {});
@@ -368,14 +369,23 @@ private:
     /// error for bytes nothing expects.
     frame_action data(const protocol::frame_header& h) {
         if (h.payload_len == 0) return frame_action::discard;
-        const record_write<Store>* put = nullptr;
+        record_write<Store>* put = nullptr;
         if (auto it = ops_.find(h.request_id); it != ops_.end()) {
             const auto* w = std::get_if<std::shared_ptr<record_write<Store>>>(&it->second);
             // A frame of a PUT must carry that PUT's value length.
             if (!w || (*w)->value_len() != h.value_len) return protocol_error();
             put = w->get();
         }
-        switch (path_.on_data(h)) {
+        auto d = path_.on_data(h);
+        if (put && put->receiving() &&
+            (d == data_disposition::pause || d == data_disposition::unknown)) {
+            // The stream reached bytes the PUT has no buffer for yet: it arms them now if it
+            // can (pulls_on_demand), else the channel waits until it has.
+            put->want(h.offset + h.payload_len);
+            d = path_.on_data(h);
+            if (d == data_disposition::unknown) return frame_action::pause; // no space yet
+        }
+        switch (d) {
         case data_disposition::accept:
             return frame_action::accept;
         case data_disposition::discard:
@@ -383,9 +393,6 @@ private:
         case data_disposition::pause:
             return frame_action::pause;
         case data_disposition::unknown:
-            // A PUT waiting for space or buffers has armed nothing yet: wait for it.
-            if (put && put->receiving()) return frame_action::pause;
-            return protocol_error();
         case data_disposition::invalid:
             break;
         }

@@ -38,6 +38,9 @@ public:
     /// data_path rule 6: the GET reply head rides the first push (announce_get()) instead of
     /// following the last one (reply_get()).
     virtual bool reply_rides_payload() const noexcept = 0;
+    /// data_path rule 7: pulls are armed only for bytes the stream has reached (record_write's
+    /// want()), not ahead.
+    virtual bool pulls_on_demand() const noexcept = 0;
 
     /// A reply without payload (PUT, DEL, and every refusal).
     virtual void reply(protocol::opcode op, std::uint64_t id, std::error_code status) = 0;

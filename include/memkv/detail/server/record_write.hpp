@@ -79,6 +79,14 @@ public:
         advance();
     }
 
+    /// The client's stream has reached value byte `end` (pulls_on_demand paths): pulls are
+    /// armed up to there as buffers allow.
+    void want(std::uint64_t end) {
+        auto self = this->shared_from_this();
+        wanted_ = std::max(wanted_, end);
+        if (ticket_) arm();
+    }
+
     /// The connection is gone.
     void detach() {
         auto self = this->shared_from_this();
@@ -120,11 +128,13 @@ private:
         host_->op_done(id_);
     }
 
-    /// Pulls the next pieces, up to two at a time (a frame of a stream path straddles at most
-    /// two buffers) as buffers and the connection's cap allow.
+    /// Pulls the next pieces as buffers and the connection's cap allow: up to two at a time
+    /// (a frame of a stream path straddles at most two buffers), and on a pulls_on_demand path
+    /// only those the stream has reached.
     void arm() {
         const auto bsize = s_.pool.buffer_size();
-        while (host_ && !failed_ && armed_ < pieces_ && pulling_ < pull_window) {
+        while (host_ && !failed_ && armed_ < pieces_ && pulling_ < pull_window &&
+               (!host_->pulls_on_demand() || armed_ * bsize < wanted_)) {
             if (!host_->may_hold_buffer()) return s_.waiters.add(this->shared_from_this());
             std::byte* b = s_.pool.acquire();
             if (!b) return s_.waiters.add(this->shared_from_this());
@@ -310,6 +320,7 @@ private:
     std::optional<storage::put_ticket> ticket_;
     std::unique_ptr<storage::aligned_buffer> header_;
     std::uint64_t pieces_ = 0, armed_ = 0, pulled_ = 0;
+    std::uint64_t wanted_ = 0; // pulls_on_demand: value bytes the stream has reached
     unsigned pulling_ = 0, writes_ = 0;
     std::error_code failed_;
     bool header_written_ = false, header_voided_ = false, flushed_ = false, finished_ = false;

@@ -38,6 +38,7 @@ struct attached_connection {
     frame_channel<Stream> channel;
     std::string tenant;
     std::uint64_t attach_request_id = 0;
+    transport_kind kind = transport_kind::tcp; ///< the data transport its hello asked for
 };
 
 /// The glue of one shard: it owns the store, the engine, the buffer pool and the connections,
@@ -207,6 +208,13 @@ private:
     void take_inbox() {
         const bool stopping = stopping_.load(std::memory_order_acquire);
         for (auto& a : inbox_->take()) {
+            // The data path is the one the hello asked for (the acceptor checked that the
+            // listener carries it); stream transports have only the inline one.
+            if (!payload_inline(a->kind)) {
+                log_warn("shard {}: no {} data path in this server: connection closed", index_,
+                         transport_name(a->kind));
+                continue;
+            }
             const auto id = ++next_conn_id_;
             auto c = std::make_unique<connection_type>(
                 id, std::move(a->channel), std::move(a->tenant), a->attach_request_id, *services_,
