@@ -92,7 +92,9 @@ private:
         const std::uint64_t bsize = s_.pool.buffer_size();
         while (host_ && !done_ && next_piece_ < end_piece_ &&
                pieces_.size() + pushing_ < s_.cfg.buffers_per_request) {
-            if (!host_->may_hold_buffer()) return s_.waiters.add(this->shared_from_this());
+            // The read-ahead is bounded per request and by the pool, not by the connection's
+            // in-flight cap (which stops the connection's reading, as it always did): a device
+            // that likes deep queues gets them from a few large GETs.
             std::byte* b = s_.pool.acquire();
             if (!b) return s_.waiters.add(this->shared_from_this());
             host_->held_buffers(1);
