@@ -21,14 +21,11 @@
 #include <vector>
 
 using namespace memkv;
-using test::fault_plan;
-using test::fault_store;
-using test::shared_memory_device;
-using test::shared_memory_store;
 
 namespace {
 
-using faulty_server = server<tcp_transport, fault_store<shared_memory_store>>;
+using faulty_store = test::fault_store<test::shared_memory_store>;
+using faulty_server = server<tcp_transport, faulty_store>;
 using clock_type = std::chrono::steady_clock;
 constexpr auto slow = std::chrono::milliseconds(200);
 
@@ -63,11 +60,11 @@ latencies time_gets(default_client& c, const std::string& key, std::chrono::mill
 TEST_CASE("4 KiB GETs complete in well under a 200 ms flush while the same shard seals and "
           "reclaims regions without pause",
           "[storage][async_metadata]") {
-    auto plan = std::make_shared<fault_plan>(test::seed());
+    auto plan = std::make_shared<test::fault_plan>(test::seed());
     plan->flush_delay = slow;
     plan->discard_delay = slow;
-    fault_store<shared_memory_store>::config fc;
-    fc.inner.device = std::make_shared<shared_memory_device>(40ull << 20);
+    faulty_store::config fc;
+    fc.inner.device = std::make_shared<test::shared_memory_device>(40ull << 20);
     fc.plan = plan;
     server_config cfg;
     cfg.listen = {"127.0.0.1:0"};

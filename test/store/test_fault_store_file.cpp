@@ -4,6 +4,7 @@
 // notify_fd combined with the delay timer.
 #include "store/fault_store_delays.hpp"
 #include "support/catch.hpp"
+#include "support/temp_dir.hpp"
 #include "support/fault_store.hpp"
 #include "support/loop_device.hpp"
 #include "support/seed.hpp"
@@ -20,31 +21,12 @@
 using memkv::file_store;
 using memkv::test::fault_plan;
 using memkv::test::fault_store;
+using memkv::test::temp_dir;
 using namespace memkv::test::delays;
 
 namespace {
 
 using faulty_file = fault_store<file_store>;
-
-/// A fresh directory under $MEMKV_TEST_DIR (default /var/tmp), removed with its contents.
-class temp_dir {
-public:
-    temp_dir() {
-        std::string tmpl = memkv::test::test_dir_base() + "/memkv-fault-XXXXXX";
-        if (::mkdtemp(tmpl.data()) == nullptr) FAIL("mkdtemp " << tmpl << ": " << errno);
-        path_ = tmpl;
-    }
-    ~temp_dir() {
-        std::error_code ec;
-        std::filesystem::remove_all(path_, ec);
-    }
-    temp_dir(const temp_dir&) = delete;
-    temp_dir& operator=(const temp_dir&) = delete;
-    std::string file(const std::string& name) const { return path_ + "/" + name; }
-
-private:
-    std::string path_;
-};
 
 /// A fault_store over a 4 MiB file in `dir`, with no faults and the given delays.
 faulty_file open_store(const temp_dir& dir, std::chrono::milliseconds flush,

@@ -3,6 +3,7 @@
 // checks, flush, hole punching, O_DIRECT, shard windows, window locks, thread hand-off. Files
 // live in $MEMKV_TEST_DIR, default /var/tmp (a real filesystem, not tmpfs).
 #include "support/catch.hpp"
+#include "support/temp_dir.hpp"
 #include "support/seed.hpp"
 
 #include <memkv/detail/buffer_pool.hpp>
@@ -30,33 +31,12 @@
 
 using memkv::file_store;
 using memkv::io_completion;
+using memkv::test::temp_dir;
 using namespace std::chrono_literals;
 
 namespace {
 
 constexpr std::uint64_t KiB = 1024, MiB = 1024 * KiB;
-
-/// A fresh directory under $MEMKV_TEST_DIR (default /var/tmp), removed with its contents.
-class temp_dir {
-public:
-    temp_dir() {
-        const char* base = std::getenv("MEMKV_TEST_DIR");
-        std::string tmpl = std::string(base && *base ? base : "/var/tmp") + "/memkv-store-XXXXXX";
-        if (::mkdtemp(tmpl.data()) == nullptr) FAIL("mkdtemp " << tmpl << ": " << errno);
-        path_ = tmpl;
-    }
-    ~temp_dir() {
-        std::error_code ec;
-        std::filesystem::remove_all(path_, ec);
-    }
-    temp_dir(const temp_dir&) = delete;
-    temp_dir& operator=(const temp_dir&) = delete;
-    std::string file(const std::string& name) const { return path_ + "/" + name; }
-    const std::string& path() const { return path_; }
-
-private:
-    std::string path_;
-};
 
 /// Polls until `n` completions arrived (or 30 s passed), waiting on notify_fd in between.
 template <class S>

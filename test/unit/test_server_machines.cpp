@@ -418,15 +418,22 @@ auth::frame_mac test_mac() {
     return std::move(*auth::frame_mac::create(key));
 }
 
+/// The shard parts with a connection's stream side: a channel that carries nothing, the inline
+/// data path over it, and the host of the operations.
+struct stream_parts {
+    shard_parts<memory_store> s;
+    detail::frame_channel<idle_stream> ch{idle_stream{}, test_mac(), test_mac(), s.cfg.limits};
+    detail::inline_data_path<idle_stream> path{ch};
+    test_host<detail::inline_data_path<idle_stream>> host{path};
+};
+
 } // namespace
 
 TEST_CASE("A refused PUT's value is drained over a stream path: its data frames are read and "
           "dropped, and nothing else is taken for them",
           "[unit][server][record_write][inline_data_path]") {
-    shard_parts<memory_store> s;
-    detail::frame_channel<idle_stream> ch(idle_stream{}, test_mac(), test_mac(), s.cfg.limits);
-    detail::inline_data_path<idle_stream> path(ch);
-    test_host host(path);
+    stream_parts p;
+    auto& [s, ch, path, host] = p;
     // A value too large for the engine is refused before anything is pulled.
     const std::uint64_t len = 5 * MiB;
     start_put(s, host, 7, "huge", len);
@@ -452,10 +459,8 @@ TEST_CASE("A refused PUT's value is drained over a stream path: its data frames 
 TEST_CASE("Over a stream path a PUT takes a buffer only for bytes the stream has reached, so "
           "that no buffer waits behind other requests' frames",
           "[unit][server][record_write][inline_data_path]") {
-    shard_parts<memory_store> s;
-    detail::frame_channel<idle_stream> ch(idle_stream{}, test_mac(), test_mac(), s.cfg.limits);
-    detail::inline_data_path<idle_stream> path(ch);
-    test_host host(path);
+    stream_parts p;
+    auto& [s, ch, path, host] = p;
     auto op = start_put(s, host, 3, "streamed", 3 * MiB);
     CHECK(path.waiting_pulls() == 0); // reserved, nothing armed ahead
     CHECK(s.pool.available() == s.pool.capacity());

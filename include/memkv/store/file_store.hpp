@@ -132,94 +132,45 @@ public:
                               cfg.path, cfg.offset, bs, cfg.queue_depth);
             return errc::invalid_argument;
         }
-        file_store s;
-        s.block_size_ = bs;
-        const int base_flags = O_RDWR | O_CLOEXEC | (cfg.create ? O_CREAT : 0);
         bool direct = cfg.direct != direct_mode::off;
-        detail::unique_fd own(::open(cfg.path.c_str(), base_flags | (direct ? O_DIRECT : 0), 0600));
-        if (!own && errno == EINVAL && cfg.direct == direct_mode::auto_) {
-            warn_buffered(cfg.path, "does not accept O_DIRECT");
-            direct = false;
-            own.reset(::open(cfg.path.c_str(), base_flags, 0600));
-        }
-        if (!own) {
-            const int err = errno;
-            detail::log_error("file_store: cannot open {}: {}", cfg.path, std::strerror(err));
-            return errno_code(err);
-        }
-
+        auto own = open_file(cfg, direct);
+        if (!own) return own.error();
         struct stat st {};
-        if (::fstat(own.get(), &st) != 0) return errno_code(errno);
+        if (::fstat(own->get(), &st) != 0) return errno_code(errno);
         if (!S_ISREG(st.st_mode)) {
             detail::log_error("file_store: {} is not a regular file (use block_store for devices)",
                               cfg.path);
             return errc::invalid_argument;
         }
         const auto size = static_cast<std::uint64_t>(st.st_size);
-        std::uint64_t cap = cfg.capacity / bs * bs;
-        if (cfg.capacity == 0) cap = size > cfg.offset ? (size - cfg.offset) / bs * bs : 0;
-        if (cap == 0 || cfg.offset > std::numeric_limits<std::uint64_t>::max() - cap) {
-            detail::log_error("file_store: {}: empty window (offset {}, capacity {}, file size {})",
-                              cfg.path, cfg.offset, cfg.capacity, size);
-            return errc::invalid_argument;
-        }
-        const std::uint64_t end = cfg.offset + cap;
-        if (size < end && !cfg.create) {
-            detail::log_error("file_store: {} has {} bytes; the window needs {}", cfg.path, size,
-                              end);
-            return errc::invalid_argument;
-        }
-
+        auto cap = window_capacity(cfg, size);
+        if (!cap) return cap.error();
+        file_store s;
+        s.block_size_ = bs;
         // The registry's lock is held until the instance is published (or refused), so that two
         // instances in this process never open the file on their own at the same time.
         auto same_file = [&](const detail::claimed_file& f) {
             return f.dev == st.st_dev && f.ino == st.st_ino;
         };
-        auto open_file = [&]() -> result<std::shared_ptr<detail::claimed_file>> {
+        auto new_file = [&]() -> result<std::shared_ptr<detail::claimed_file>> {
             auto file = std::make_shared<detail::claimed_file>();
             file->dev = st.st_dev;
             file->ino = st.st_ino;
-            file->fd = std::move(own);
+            file->fd = std::move(*own);
             file->direct = direct;
             return file;
         };
         auto use_file = [&](detail::claimed_file& file, bool fresh) -> result<void> {
-            if (!fresh) {
-                own.reset(); // this instance's I/O and lock go through the shared open
-                if ((cfg.direct == direct_mode::on && !file.direct) ||
-                    (cfg.direct == direct_mode::off && file.direct)) {
-                    detail::log_error("file_store: {} is open in this process with O_DIRECT {}; "
-                                      "instances sharing it cannot turn it {}",
-                                      cfg.path, file.direct ? "on" : "off",
-                                      file.direct ? "off" : "on");
-                    return errc::invalid_argument;
-                }
-            }
-            const int fd = file.fd.get();
-            MEMKV_TRY(lock_window(fd, cfg.path, cfg.offset, cap, cfg.busy_wait_ms));
-            if (size < end) MEMKV_TRY(preallocate(fd, cfg.path, size, end));
-            if (fresh && file.direct) {
-                auto probe = probe_direct(fd, cfg.offset, bs);
-                if (!probe && probe.error() == std::errc::invalid_argument &&
-                    cfg.direct == direct_mode::auto_) {
-                    warn_buffered(cfg.path, "refuses O_DIRECT I/O of this block size");
-                    if (::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) & ~O_DIRECT) != 0)
-                        return errno_code(errno);
-                    file.direct = false;
-                } else if (!probe) {
-                    detail::log_error("file_store: {}: O_DIRECT probe failed: {}", cfg.path,
-                                      probe.error().message());
-                    return probe.error();
-                }
-            }
+            if (!fresh) own->reset(); // this instance's I/O and lock go through the shared open
+            MEMKV_TRY(take_window(cfg, file, fresh, size, *cap));
             return s.open_ring("file_store", cfg.queue_depth);
         };
         auto file = detail::claim_registry<detail::claimed_file>::process().find_or_claim(
-            cfg.share_in_process, same_file, open_file, use_file);
+            cfg.share_in_process, same_file, new_file, use_file);
         if (!file) return file.error();
         s.offset_ = cfg.offset;
-        s.capacity_ = cap;
-        s.segment_ = {0, cap};
+        s.capacity_ = *cap;
+        s.segment_ = {0, *cap};
         s.direct_ = (*file)->direct;
         s.owner_ = std::move(*file);
         return s;
@@ -288,6 +239,74 @@ private:
     /// to `wait_ms` while another open file description holds a conflicting lock: a server killed
     /// a moment ago keeps its open file (and lock) until the kernel finished its in-flight
     /// io_uring writes, which must not land after this store started using the window.
+    /// Opens the file, with O_DIRECT when `direct` (cleared when the filesystem refuses it and
+    /// the mode is auto_).
+    static result<detail::unique_fd> open_file(const config& cfg, bool& direct) noexcept {
+        const int base_flags = O_RDWR | O_CLOEXEC | (cfg.create ? O_CREAT : 0);
+        detail::unique_fd own(::open(cfg.path.c_str(), base_flags | (direct ? O_DIRECT : 0), 0600));
+        if (!own && errno == EINVAL && cfg.direct == direct_mode::auto_) {
+            warn_buffered(cfg.path, "does not accept O_DIRECT");
+            direct = false;
+            own.reset(::open(cfg.path.c_str(), base_flags, 0600));
+        }
+        if (!own) {
+            const int err = errno;
+            detail::log_error("file_store: cannot open {}: {}", cfg.path, std::strerror(err));
+            return errno_code(err);
+        }
+        return own;
+    }
+
+    /// The window's length for a file of `size` bytes, checked against the file.
+    static result<std::uint64_t> window_capacity(const config& cfg, std::uint64_t size) noexcept {
+        const std::uint32_t bs = cfg.block_size;
+        std::uint64_t cap = cfg.capacity / bs * bs;
+        if (cfg.capacity == 0) cap = size > cfg.offset ? (size - cfg.offset) / bs * bs : 0;
+        if (cap == 0 || cfg.offset > std::numeric_limits<std::uint64_t>::max() - cap) {
+            detail::log_error("file_store: {}: empty window (offset {}, capacity {}, file size {})",
+                              cfg.path, cfg.offset, cfg.capacity, size);
+            return errc::invalid_argument;
+        }
+        if (size < cfg.offset + cap && !cfg.create) {
+            detail::log_error("file_store: {} has {} bytes; the window needs {}", cfg.path, size,
+                              cfg.offset + cap);
+            return errc::invalid_argument;
+        }
+        return cap;
+    }
+
+    /// Takes this instance's window of `file` (a fresh open, or this process's shared one):
+    /// checks the O_DIRECT setting agrees, locks the window, preallocates what the file lacks,
+    /// and, on a fresh O_DIRECT open, probes that the filesystem takes this block size.
+    static result<void> take_window(const config& cfg, detail::claimed_file& file, bool fresh,
+                                    std::uint64_t size, std::uint64_t cap) noexcept {
+        if (!fresh && ((cfg.direct == direct_mode::on && !file.direct) ||
+                       (cfg.direct == direct_mode::off && file.direct))) {
+            detail::log_error("file_store: {} is open in this process with O_DIRECT {}; instances "
+                              "sharing it cannot turn it {}",
+                              cfg.path, file.direct ? "on" : "off", file.direct ? "off" : "on");
+            return errc::invalid_argument;
+        }
+        const int fd = file.fd.get();
+        const std::uint64_t end = cfg.offset + cap;
+        MEMKV_TRY(lock_window(fd, cfg.path, cfg.offset, cap, cfg.busy_wait_ms));
+        if (size < end) MEMKV_TRY(preallocate(fd, cfg.path, size, end));
+        if (!fresh || !file.direct) return {};
+        auto probe = probe_direct(fd, cfg.offset, cfg.block_size);
+        if (!probe && probe.error() == std::errc::invalid_argument &&
+            cfg.direct == direct_mode::auto_) {
+            warn_buffered(cfg.path, "refuses O_DIRECT I/O of this block size");
+            if (::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) & ~O_DIRECT) != 0)
+                return errno_code(errno);
+            file.direct = false;
+        } else if (!probe) {
+            detail::log_error("file_store: {}: O_DIRECT probe failed: {}", cfg.path,
+                              probe.error().message());
+            return probe.error();
+        }
+        return {};
+    }
+
     static result<void> lock_window(int fd, const std::string& path, std::uint64_t offset,
                                     std::uint64_t length, std::uint32_t wait_ms) noexcept {
         struct flock fl {};
