@@ -88,6 +88,92 @@ storage::engine make_engine(file_io& io, std::uint64_t length) {
     return std::move(*e);
 }
 
+/// The CRCs of a value of `value` zero bytes: the sparse file reads such values back without
+/// their being written, and recovery checks the CRCs of the values it scans.
+std::vector<std::uint32_t> zero_crcs(std::uint64_t value) {
+    std::vector<std::uint32_t> crcs;
+    const std::vector<std::byte> zeros(storage::crc_chunk_size);
+    for (std::uint64_t at = 0; at < value; at += storage::crc_chunk_size)
+        crcs.push_back(
+            crc32c(zeros.data(), std::min<std::uint64_t>(storage::crc_chunk_size, value - at)));
+    return crcs;
+}
+
+/// Fills a fresh engine over the file with `n` records of `value` bytes (only their headers are
+/// written) and leaves it as kill -9 would: the open region without its summary.
+bool fill(file_io& io, std::uint64_t length, std::uint64_t n, std::uint64_t value) {
+    auto e = make_engine(io, length);
+    (void)e.recover(io); // a blank file: every region free
+    storage::aligned_buffer hdr(storage::meta_block);
+    const auto crcs = zero_crcs(value);
+    const auto t0 = std::chrono::steady_clock::now();
+    for (std::uint64_t i = 0; i < n; ++i) {
+        storage::record_info info;
+        info.tenant = "default";
+        info.key = "prefix-hash-" + std::to_string(i * 2654435761u);
+        info.value_len = value;
+        info.crcs = crcs;
+        const auto key = storage::index_key(
+            info.tenant, std::as_bytes(std::span(info.key.data(), info.key.size())));
+        auto t = e.reserve(key, value, false, storage::record_header_bytes(info));
+        while (t && !*t) { // a region is being reclaimed: its metadata I/O is done
+            io.complete(e);
+            t = e.reserve(key, value, false, storage::record_header_bytes(info));
+        }
+        if (!t) {
+            std::fprintf(stderr, "reserve %llu: %s\n", static_cast<unsigned long long>(i),
+                         t.error().message().c_str());
+            return false;
+        }
+        auto& ticket = **t;
+        io.complete(e); // the region's open header, if a region was opened
+        info.version = ticket.version;
+        e.header_block(ticket, info, hdr.block());
+        // Only the header is written: the value's zeros are the file's hole.
+        if (!io.write(ticket.header_offset, hdr.span())) return false;
+        if (!e.commit(std::move(ticket), std::move(info))) return false;
+        io.complete(e);
+    }
+    std::printf("fill: %.2f s\n",
+                std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    return true;
+}
+
+/// Recovers the file with a cold page cache and prints the time and the index's DRAM; after
+/// `crash` (the open region scanned) or after a clean shutdown (summaries only, made here by
+/// recovering once and sealing). False when recovery fails or misses entries.
+bool measure(file_io& io, int fd, std::uint64_t length, std::uint64_t n, bool crash) {
+    if (!crash) {
+        auto e = make_engine(io, length);
+        if (!e.recover(io)) return false;
+        e.seal_all();
+        io.complete(e);
+        if (e.meta_busy()) return false;
+    }
+    ::fdatasync(fd);
+    ::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED); // a cold page cache
+    const auto heap0 = heap_bytes();
+    auto e = make_engine(io, length);
+    auto rs = e.recover(io);
+    if (!rs) {
+        std::fprintf(stderr, "recover: %s\n", rs.error().message().c_str());
+        return false;
+    }
+    const auto heap1 = heap_bytes();
+    std::printf("recovery after %s: %llu entries in %.2f s (%.2f s per million), %llu regions "
+                "from summaries, %llu scanned, %llu corrupt; index DRAM %.0f bytes/entry\n",
+                crash ? "kill -9 (open region scanned)" : "a clean shutdown (summaries only)",
+                static_cast<unsigned long long>(rs->entries), rs->seconds,
+                rs->seconds * 1e6 / double(std::max<std::uint64_t>(1, rs->entries)),
+                static_cast<unsigned long long>(rs->regions_summarised),
+                static_cast<unsigned long long>(rs->regions_scanned),
+                static_cast<unsigned long long>(rs->corrupt_records),
+                double(heap1 - heap0) / double(std::max<std::uint64_t>(1, rs->entries)));
+    if (rs->entries == n) return true;
+    std::fprintf(stderr, "expected %llu entries\n", static_cast<unsigned long long>(n));
+    return false;
+}
+
 } // namespace
 
 int main(int argc, char** argv) {
@@ -106,83 +192,9 @@ int main(int argc, char** argv) {
     std::printf("entries %llu, value %llu B, file %s (%.1f GiB sparse)\n",
                 static_cast<unsigned long long>(n), static_cast<unsigned long long>(value),
                 path.c_str(), double(length) / (1ull << 30));
-    {
-        auto e = make_engine(io, length);
-        (void)e.recover(io); // a blank file: every region free
-        storage::aligned_buffer hdr(storage::meta_block);
-        // Values are all zeros: the sparse file reads them back as such without their being
-        // written, and recovery checks the CRCs of the values it scans.
-        std::vector<std::uint32_t> zero_crcs;
-        {
-            const std::vector<std::byte> zeros(storage::crc_chunk_size);
-            for (std::uint64_t at = 0; at < value; at += storage::crc_chunk_size)
-                zero_crcs.push_back(crc32c(
-                    zeros.data(), std::min<std::uint64_t>(storage::crc_chunk_size, value - at)));
-        }
-        const auto t0 = std::chrono::steady_clock::now();
-        for (std::uint64_t i = 0; i < n; ++i) {
-            storage::record_info info;
-            info.tenant = "default";
-            info.key = "prefix-hash-" + std::to_string(i * 2654435761u);
-            info.value_len = value;
-            info.crcs = zero_crcs;
-            const auto key = storage::index_key(
-                info.tenant, std::as_bytes(std::span(info.key.data(), info.key.size())));
-            auto t = e.reserve(key, value, false, storage::record_header_bytes(info));
-            while (t && !*t) { // a region is being reclaimed: its metadata I/O is done
-                io.complete(e);
-                t = e.reserve(key, value, false, storage::record_header_bytes(info));
-            }
-            if (!t) {
-                std::fprintf(stderr, "reserve %llu: %s\n", static_cast<unsigned long long>(i),
-                             t.error().message().c_str());
-                return 1;
-            }
-            auto& ticket = **t;
-            io.complete(e); // the region's open header, if a region was opened
-            info.version = ticket.version;
-            e.header_block(ticket, info, hdr.block());
-            // Only the header is written: the value's zeros are the file's hole.
-            if (!io.write(ticket.header_offset, hdr.span())) return 1;
-            if (!e.commit(std::move(ticket), std::move(info))) return 1;
-            io.complete(e);
-        }
-        std::printf("fill: %.2f s\n",
-                    std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-        // kill -9: the open region is left without its summary (sealed regions have theirs).
-    }
-    for (const bool crash : {true, false}) {
-        if (!crash) { // a clean shutdown seals the open region; recover once to get there
-            auto e = make_engine(io, length);
-            if (!e.recover(io)) return 1;
-            e.seal_all();
-            io.complete(e);
-            if (e.meta_busy()) return 1;
-        }
-        ::fdatasync(fd);
-        ::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED); // a cold page cache
-        const auto heap0 = heap_bytes();
-        auto e = make_engine(io, length);
-        auto rs = e.recover(io);
-        if (!rs) {
-            std::fprintf(stderr, "recover: %s\n", rs.error().message().c_str());
-            return 1;
-        }
-        const auto heap1 = heap_bytes();
-        std::printf("recovery after %s: %llu entries in %.2f s (%.2f s per million), %llu regions "
-                    "from summaries, %llu scanned, %llu corrupt; index DRAM %.0f bytes/entry\n",
-                    crash ? "kill -9 (open region scanned)" : "a clean shutdown (summaries only)",
-                    static_cast<unsigned long long>(rs->entries), rs->seconds,
-                    rs->seconds * 1e6 / double(std::max<std::uint64_t>(1, rs->entries)),
-                    static_cast<unsigned long long>(rs->regions_summarised),
-                    static_cast<unsigned long long>(rs->regions_scanned),
-                    static_cast<unsigned long long>(rs->corrupt_records),
-                    double(heap1 - heap0) / double(std::max<std::uint64_t>(1, rs->entries)));
-        if (rs->entries != n) {
-            std::fprintf(stderr, "expected %llu entries\n", static_cast<unsigned long long>(n));
-            return 1;
-        }
-    }
+    if (!fill(io, length, n, value)) return 1;
+    for (const bool crash : {true, false})
+        if (!measure(io, fd, length, n, crash)) return 1;
     ::close(fd);
     ::unlink(path.c_str());
     return 0;

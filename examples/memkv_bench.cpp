@@ -532,96 +532,85 @@ std::string fmt_us(double us) {
     return us < 100 ? fmt::format("{:.1f}", us) : fmt::format("{:.0f}", us);
 }
 
-int run(options o) {
-    if (!o.servers_file.empty()) {
-        if (!o.servers.empty()) {
-            fmt::print(stderr,
-                       "{}: error: give --servers (MEMKV_SERVERS) or --servers-file "
-                       "(MEMKV_SERVERS_FILE), not both\n",
-                       program);
-            return exit_usage;
-        }
-        std::string why;
-        auto file = memkv::client_config::from_file(o.servers_file, &why);
-        if (!file) {
-            fmt::print(stderr, "{}: error: --servers-file {}\n", program, why);
-            return exit_usage;
-        }
-        o.servers = std::move(file->servers);
-    }
-
-    setup_info si;
-    std::optional<memkv::memory_server> embedded;
-    if (o.servers.empty()) {
-        memkv::server_config cfg;
-        cfg.listen = {"127.0.0.1:0"};
-        cfg.shards = o.shards;
-        std::string why;
-        auto ring = memkv::auth::key_ring::from_environment(&why);
-        if (!ring) {
-            fmt::print(stderr, "{}: error: auth key from the environment: {}\n", program,
-                       why.empty() ? ring.error().message() : why);
-            return exit_usage;
-        }
-        cfg.keys = std::make_shared<const memkv::auth::key_ring>(std::move(*ring));
-        memkv::memory_store::config scfg;
-        scfg.capacity = o.capacity; // MAP_NORESERVE: pages are touched only as values land
-        auto srv = memkv::memory_server::create(cfg, scfg);
-        if (!srv) {
-            fmt::print(stderr,
-                       "{}: error: cannot create the embedded server ({} shards, {} GiB): {}\n",
-                       program, o.shards, double(o.capacity) / gib, srv.error().message());
-            return exit_errors;
-        }
-        if (auto r = srv->start(); !r) {
-            fmt::print(stderr, "{}: error: cannot start the embedded server: {}\n", program,
-                       r.error().message());
-            return exit_errors;
-        }
-        embedded = std::move(*srv);
-        o.servers = {embedded->endpoints().front()};
-        si.embedded = true;
-        si.hugepages = embedded->hugepages();
+/// Takes the servers of --servers-file into o.servers; an exit status on a bad file or both
+/// options given.
+std::optional<int> servers_from_file(options& o) {
+    if (o.servers_file.empty()) return std::nullopt;
+    if (!o.servers.empty()) {
         fmt::print(stderr,
-                   "{}: no --servers or --servers-file: started an embedded memkv server on {} "
-                   "({} shards, {:.0f} GiB DRAM store, MAP_NORESERVE; bounce buffers {}) in this "
-                   "process, sharing its CPUs with the client\n",
-                   program, o.servers.front(), o.shards, double(o.capacity) / gib,
-                   *si.hugepages ? "on hugepages" : "not on hugepages");
+                   "{}: error: give --servers (MEMKV_SERVERS) or --servers-file "
+                   "(MEMKV_SERVERS_FILE), not both\n",
+                   program);
+        return exit_usage;
     }
-    si.servers = o.servers;
+    std::string why;
+    auto file = memkv::client_config::from_file(o.servers_file, &why);
+    if (!file) {
+        fmt::print(stderr, "{}: error: --servers-file {}\n", program, why);
+        return exit_usage;
+    }
+    o.servers = std::move(file->servers);
+    return std::nullopt;
+}
 
-    memkv::client_config ccfg;
-    ccfg.servers = o.servers;
-    ccfg.request_timeout = std::chrono::milliseconds(o.timeout_ms);
-    {
-        std::random_device rd;
-        ccfg.key_prefix = fmt::format("memkv-bench/{}-{:08x}/", ::getpid(), rd());
+/// Starts the embedded server (no --servers), into `embedded`; o.servers becomes its endpoint.
+/// An exit status when it cannot start.
+std::optional<int> start_embedded(options& o, setup_info& si,
+                                  std::optional<memkv::memory_server>& embedded) {
+    memkv::server_config cfg;
+    cfg.listen = {"127.0.0.1:0"};
+    cfg.shards = o.shards;
+    std::string why;
+    auto ring = memkv::auth::key_ring::from_environment(&why);
+    if (!ring) {
+        fmt::print(stderr, "{}: error: auth key from the environment: {}\n", program,
+                   why.empty() ? ring.error().message() : why);
+        return exit_usage;
     }
-    ccfg.max_inflight = std::max<std::size_t>(ccfg.max_inflight, o.threads * o.inflight);
-    auto created = memkv::default_client::create(ccfg);
-    if (!created) {
-        fmt::print(stderr, "{}: error: cannot connect to {}: {}\n", program,
-                   fmt::join(o.servers, ","), created.error().message());
+    cfg.keys = std::make_shared<const memkv::auth::key_ring>(std::move(*ring));
+    memkv::memory_store::config scfg;
+    scfg.capacity = o.capacity; // MAP_NORESERVE: pages are touched only as values land
+    auto srv = memkv::memory_server::create(cfg, scfg);
+    if (!srv) {
+        fmt::print(stderr, "{}: error: cannot create the embedded server ({} shards, {} GiB): {}\n",
+                   program, o.shards, double(o.capacity) / gib, srv.error().message());
         return exit_errors;
     }
-    auto& client = *created;
+    if (auto r = srv->start(); !r) {
+        fmt::print(stderr, "{}: error: cannot start the embedded server: {}\n", program,
+                   r.error().message());
+        return exit_errors;
+    }
+    embedded = std::move(*srv);
+    o.servers = {embedded->endpoints().front()};
+    si.embedded = true;
+    si.hugepages = embedded->hugepages();
+    fmt::print(stderr,
+               "{}: no --servers or --servers-file: started an embedded memkv server on {} ({} "
+               "shards, {:.0f} GiB DRAM store, MAP_NORESERVE; bounce buffers {}) in this "
+               "process, sharing its CPUs with the client\n",
+               program, o.servers.front(), o.shards, double(o.capacity) / gib,
+               *si.hugepages ? "on hugepages" : "not on hugepages");
+    return std::nullopt;
+}
+
+/// Asks every server what it is (store kind, O_DIRECT, hugepages, shards) into `si` and prints
+/// it; returns the entries evicted so far (server_shape).
+std::uint64_t describe_servers(memkv::default_client& client, const options& o, setup_info& si) {
     si.info.resize(o.servers.size());
     auto [shape, evicted_before] = server_shape(client, &si.info);
-    {
-        // Every server (and every shard) agreeing, else unknown; the embedded server's own
-        // answer about hugepages stands.
-        std::set<std::uint64_t> direct, huge;
-        bool complete = true;
-        for (const auto& s : si.info) {
-            direct.insert(s.direct.begin(), s.direct.end());
-            huge.insert(s.hugepages.begin(), s.hugepages.end());
-            complete = complete && !s.direct.empty() && !s.hugepages.empty();
-        }
-        if (complete) {
-            si.direct_io = server_info::flag(direct);
-            if (!si.embedded) si.hugepages = server_info::flag(huge);
-        }
+    // Every server (and every shard) agreeing, else unknown; the embedded server's own answer
+    // about hugepages stands.
+    std::set<std::uint64_t> direct, huge;
+    bool complete = true;
+    for (const auto& s : si.info) {
+        direct.insert(s.direct.begin(), s.direct.end());
+        huge.insert(s.hugepages.begin(), s.hugepages.end());
+        complete = complete && !s.direct.empty() && !s.hugepages.empty();
+    }
+    if (complete) {
+        si.direct_io = server_info::flag(direct);
+        if (!si.embedded) si.hugepages = server_info::flag(huge);
     }
     for (std::size_t i = 0; i < si.info.size(); ++i)
         fmt::print(stderr, "{}: server {}: {}\n", program,
@@ -635,112 +624,81 @@ int run(options o) {
     if (shape.size() != o.servers.size())
         fmt::print(stderr, "{}: warning: {} of {} servers answered the stats request\n", program,
                    shape.size(), o.servers.size());
+    return evicted_before;
+}
 
-    const bool do_write = std::find(o.ops.begin(), o.ops.end(), "write") != o.ops.end();
-    const bool do_read = std::find(o.ops.begin(), o.ops.end(), "read") != o.ops.end();
-    const std::uint64_t max_size = *std::max_element(o.sizes.begin(), o.sizes.end());
-    const std::size_t slots = std::size_t(o.threads) * o.inflight;
-    auto mem = slot_memory::create(slots, max_size);
-    if (!mem) {
-        fmt::print(stderr, "{}: error: cannot map {} client buffers of {}\n", program, slots,
-                   block_label(max_size));
-        return exit_errors;
-    }
-    load_generator gen(client, *mem, o.threads, o.inflight);
-    fmt::print(
-        stderr,
-        "{}: {} server(s), {} shards, {} TCP connections; {} threads x {} in flight; "
-        "per cell: {}\n",
-        program, o.servers.size(), si.shards, si.connections, o.threads, o.inflight,
-        o.bytes == std::numeric_limits<std::uint64_t>::max() ? fmt::format("{} ms", o.duration_ms)
-        : o.duration_ms >= no_time_limit_ms ? fmt::format("{}", block_label(o.bytes))
-                                            : fmt::format("{} or {} ms, whichever comes first",
-                                                          block_label(o.bytes), o.duration_ms));
+/// The keys of one block size, and which of them are stored.
+struct key_set {
+    std::vector<std::string> keys;
+    std::unique_ptr<std::atomic<bool>[]> written;
+};
 
-    std::vector<cell> cells;
-    std::uint64_t populate_errors = 0;
-    for (const auto size : o.sizes) {
-        const std::uint64_t key_space =
-            o.key_space ? o.key_space
-                        : std::max<std::uint64_t>(
-                              slots, std::min<std::uint64_t>(4096, (256ull << 20) / size));
-        std::vector<std::string> keys;
-        keys.reserve(key_space);
-        for (std::uint64_t i = 0; i < key_space; ++i)
-            keys.push_back(fmt::format("{}/{}", size, i));
-        auto written = std::make_unique<std::atomic<bool>[]>(key_space);
-        const std::uint64_t max_ops = std::max<std::uint64_t>(1, o.bytes / size);
+/// Runs one timed cell (writes or reads of `size`) and prints its progress line.
+cell measure_cell(memkv::default_client& client, load_generator& gen, const options& o,
+                  memkv::op_kind kind, const char* name, std::uint64_t size, key_set& ks) {
+    if (!ensure_connected(client, std::chrono::milliseconds(2 * o.timeout_ms + 1000)))
+        fmt::print(stderr, "{}: warning: a server is unreachable before the {} {} cell\n", program,
+                   name, block_label(size));
+    phase_spec spec;
+    spec.kind = kind;
+    spec.size = size;
+    spec.keys = &ks.keys;
+    spec.max_ops = std::max<std::uint64_t>(1, o.bytes / size);
+    spec.deadline = clock_type::now() + std::chrono::milliseconds(o.duration_ms);
+    spec.verify = o.verify;
+    if (kind == memkv::op_kind::put) spec.written = ks.written.get();
+    auto [counts, seconds] = gen.run(spec);
+    cell c;
+    c.op = name;
+    c.size = size;
+    c.key_space = ks.keys.size();
+    c.seconds = seconds;
+    c.counts = std::move(counts);
+    summarise(c);
+    fmt::print(stderr,
+               "[{:5} {:>7}] {:7.3f} GiB/s {:9.0f} ops/s  {:8} ops in {:.2f} s  "
+               "p50 {} us  p99 {} us  p99.9 {} us  max {} us  errors {}{}{}\n",
+               name, block_label(size), c.gib_per_s(), c.ops_per_s(), c.counts.ok_ops, c.seconds,
+               fmt_us(c.p50_us), fmt_us(c.p99_us), fmt_us(c.p999_us), fmt_us(c.max_us),
+               c.counts.errors, c.counts.misses ? fmt::format("  misses {}", c.counts.misses) : "",
+               c.counts.verify_failures ? fmt::format("  wrong bytes {}", c.counts.verify_failures)
+                                        : "");
+    for (const auto& [what, n] : c.counts.error_kinds)
+        fmt::print(stderr, "    {} x {}\n", n, what);
+    return c;
+}
 
-        auto measure = [&](memkv::op_kind kind, const char* name) {
-            if (!ensure_connected(client, std::chrono::milliseconds(2 * o.timeout_ms + 1000)))
-                fmt::print(stderr, "{}: warning: a server is unreachable before the {} {} cell\n",
-                           program, name, block_label(size));
-            phase_spec spec;
-            spec.kind = kind;
-            spec.size = size;
-            spec.keys = &keys;
-            spec.max_ops = max_ops;
-            spec.deadline = clock_type::now() + std::chrono::milliseconds(o.duration_ms);
-            spec.verify = o.verify;
-            if (kind == memkv::op_kind::put) spec.written = written.get();
-            auto [counts, seconds] = gen.run(spec);
-            cell c;
-            c.op = name;
-            c.size = size;
-            c.key_space = key_space;
-            c.seconds = seconds;
-            c.counts = std::move(counts);
-            summarise(c);
-            fmt::print(
-                stderr,
-                "[{:5} {:>7}] {:7.3f} GiB/s {:9.0f} ops/s  {:8} ops in {:.2f} s  "
-                "p50 {} us  p99 {} us  p99.9 {} us  max {} us  errors {}{}{}\n",
-                name, block_label(size), c.gib_per_s(), c.ops_per_s(), c.counts.ok_ops, c.seconds,
-                fmt_us(c.p50_us), fmt_us(c.p99_us), fmt_us(c.p999_us), fmt_us(c.max_us),
-                c.counts.errors, c.counts.misses ? fmt::format("  misses {}", c.counts.misses) : "",
-                c.counts.verify_failures ? fmt::format("  wrong bytes {}", c.counts.verify_failures)
-                                         : "");
-            for (const auto& [what, n] : c.counts.error_kinds)
-                fmt::print(stderr, "    {} x {}\n", n, what);
-            cells.push_back(std::move(c));
-        };
+/// Stores, untimed, the keys of `ks` the write cell did not reach (every key read must have
+/// been stored); returns the puts that failed.
+std::uint64_t store_missing(memkv::default_client& client, load_generator& gen, const options& o,
+                            std::uint64_t size, key_set& ks) {
+    std::vector<std::uint32_t> missing;
+    for (std::uint64_t i = 0; i < ks.keys.size(); ++i)
+        if (!ks.written[i].load(std::memory_order_relaxed))
+            missing.push_back(static_cast<std::uint32_t>(i));
+    if (missing.empty()) return 0;
+    fmt::print(stderr, "[{:5} {:>7}] storing {} keys first (not timed)\n", "read",
+               block_label(size), missing.size());
+    (void)ensure_connected(client, std::chrono::milliseconds(2 * o.timeout_ms + 1000));
+    phase_spec spec;
+    spec.kind = memkv::op_kind::put;
+    spec.size = size;
+    spec.keys = &ks.keys;
+    spec.list = &missing;
+    spec.written = ks.written.get();
+    auto [counts, seconds] = gen.run(spec);
+    (void)seconds;
+    if (!counts.bad()) return 0;
+    fmt::print(stderr, "    {} puts failed while storing keys to read\n", counts.bad());
+    for (const auto& [what, n] : counts.error_kinds)
+        fmt::print(stderr, "    {} x {}\n", n, what);
+    return counts.bad();
+}
 
-        if (do_write) measure(memkv::op_kind::put, "write");
-        if (do_read) {
-            // Every key read must have been stored: store the ones the write phase did not reach
-            // (or all of them, without a write phase) first, untimed.
-            std::vector<std::uint32_t> missing;
-            for (std::uint64_t i = 0; i < key_space; ++i)
-                if (!written[i].load(std::memory_order_relaxed))
-                    missing.push_back(static_cast<std::uint32_t>(i));
-            if (!missing.empty()) {
-                fmt::print(stderr, "[{:5} {:>7}] storing {} keys first (not timed)\n", "read",
-                           block_label(size), missing.size());
-                (void)ensure_connected(client, std::chrono::milliseconds(2 * o.timeout_ms + 1000));
-                phase_spec spec;
-                spec.kind = memkv::op_kind::put;
-                spec.size = size;
-                spec.keys = &keys;
-                spec.list = &missing;
-                spec.written = written.get();
-                auto [counts, seconds] = gen.run(spec);
-                (void)seconds;
-                if (counts.bad()) {
-                    populate_errors += counts.bad();
-                    fmt::print(stderr, "    {} puts failed while storing keys to read\n",
-                               counts.bad());
-                    for (const auto& [what, n] : counts.error_kinds)
-                        fmt::print(stderr, "    {} x {}\n", n, what);
-                }
-            }
-            measure(memkv::op_kind::get, "read");
-        }
-    }
-    // A server that answered before and not now lowers the sum: count no negative evictions.
-    const auto evicted_after = server_shape(client).second;
-    const auto evicted = evicted_after > evicted_before ? evicted_after - evicted_before : 0;
-
-    // ---- report -------------------------------------------------------------------------------
+/// The tables: setup, GiB/s per block size, latency and rate per cell. Returns the operations
+/// that failed, missed or read wrong bytes (with `populate_errors`).
+std::uint64_t print_report(const options& o, const setup_info& si, const std::vector<cell>& cells,
+                           std::uint64_t populate_errors, std::uint64_t evicted) {
     auto find = [&](const std::string& op, std::uint64_t size) -> const cell* {
         for (const auto& c : cells)
             if (c.op == op && c.size == size) return &c;
@@ -785,6 +743,77 @@ int run(options o) {
             "\nThe servers evicted {} entries during the run (capacity too small for the key "
             "space: reads may miss).\n",
             evicted);
+    return bad;
+}
+
+int run(options o) {
+    if (auto rc = servers_from_file(o)) return *rc;
+    setup_info si;
+    std::optional<memkv::memory_server> embedded;
+    if (o.servers.empty())
+        if (auto rc = start_embedded(o, si, embedded)) return *rc;
+    si.servers = o.servers;
+
+    memkv::client_config ccfg;
+    ccfg.servers = o.servers;
+    ccfg.request_timeout = std::chrono::milliseconds(o.timeout_ms);
+    {
+        std::random_device rd;
+        ccfg.key_prefix = fmt::format("memkv-bench/{}-{:08x}/", ::getpid(), rd());
+    }
+    ccfg.max_inflight = std::max<std::size_t>(ccfg.max_inflight, o.threads * o.inflight);
+    auto created = memkv::default_client::create(ccfg);
+    if (!created) {
+        fmt::print(stderr, "{}: error: cannot connect to {}: {}\n", program,
+                   fmt::join(o.servers, ","), created.error().message());
+        return exit_errors;
+    }
+    auto& client = *created;
+    const auto evicted_before = describe_servers(client, o, si);
+
+    const bool do_write = std::find(o.ops.begin(), o.ops.end(), "write") != o.ops.end();
+    const bool do_read = std::find(o.ops.begin(), o.ops.end(), "read") != o.ops.end();
+    const std::uint64_t max_size = *std::max_element(o.sizes.begin(), o.sizes.end());
+    const std::size_t slots = std::size_t(o.threads) * o.inflight;
+    auto mem = slot_memory::create(slots, max_size);
+    if (!mem) {
+        fmt::print(stderr, "{}: error: cannot map {} client buffers of {}\n", program, slots,
+                   block_label(max_size));
+        return exit_errors;
+    }
+    load_generator gen(client, *mem, o.threads, o.inflight);
+    fmt::print(
+        stderr,
+        "{}: {} server(s), {} shards, {} TCP connections; {} threads x {} in flight; "
+        "per cell: {}\n",
+        program, o.servers.size(), si.shards, si.connections, o.threads, o.inflight,
+        o.bytes == std::numeric_limits<std::uint64_t>::max() ? fmt::format("{} ms", o.duration_ms)
+        : o.duration_ms >= no_time_limit_ms ? fmt::format("{}", block_label(o.bytes))
+                                            : fmt::format("{} or {} ms, whichever comes first",
+                                                          block_label(o.bytes), o.duration_ms));
+
+    std::vector<cell> cells;
+    std::uint64_t populate_errors = 0;
+    for (const auto size : o.sizes) {
+        const std::uint64_t key_space =
+            o.key_space ? o.key_space
+                        : std::max<std::uint64_t>(
+                              slots, std::min<std::uint64_t>(4096, (256ull << 20) / size));
+        key_set ks{{}, std::make_unique<std::atomic<bool>[]>(key_space)};
+        ks.keys.reserve(key_space);
+        for (std::uint64_t i = 0; i < key_space; ++i)
+            ks.keys.push_back(fmt::format("{}/{}", size, i));
+        if (do_write)
+            cells.push_back(measure_cell(client, gen, o, memkv::op_kind::put, "write", size, ks));
+        if (do_read) {
+            populate_errors += store_missing(client, gen, o, size, ks);
+            cells.push_back(measure_cell(client, gen, o, memkv::op_kind::get, "read", size, ks));
+        }
+    }
+    // A server that answered before and not now lowers the sum: count no negative evictions.
+    const auto evicted_after = server_shape(client).second;
+    const auto evicted = evicted_after > evicted_before ? evicted_after - evicted_before : 0;
+    const auto bad = print_report(o, si, cells, populate_errors, evicted);
     if (!o.json.empty() && !write_json(o.json, o, si, cells, evicted)) {
         fmt::print(stderr, "{}: error: cannot write {}: {}\n", program, o.json,
                    std::strerror(errno));
@@ -799,22 +828,8 @@ int run(options o) {
 
 } // namespace
 
-int main(int argc, char** argv) {
-    CLI::App app{"memkv-bench: end-to-end throughput and latency of memkv over TCP. For each block "
-                 "size, writes keys then reads them back, with --threads client threads each "
-                 "keeping --inflight operations outstanding through the asynchronous API; prints "
-                 "GiB/s per block size and operation, latency percentiles and ops/s.",
-                 program};
-    app.set_version_flag("--version", std::string(program) + " " + MEMKV_VERSION);
-    app.footer("Without --servers (MEMKV_SERVERS) or --servers-file (MEMKV_SERVERS_FILE), an "
-               "embedded server (memory store) is started "
-               "in this process on 127.0.0.1 with a free port. Authentication: MEMKV_AUTH_KEY "
-               "(or MEMKV_AUTH_KEY_FILE), used by the client and by the embedded server.\n"
-               "Exit status: 0 all operations succeeded; 1 an operation failed, missed or read "
-               "wrong bytes, or setup failed; 2 bad flags.");
-    app.get_formatter()->column_width(30);
-
-    options o;
+/// The options that say what to benchmark: servers (or the embedded one) and block sizes.
+void add_target_options(CLI::App& app, options& o) {
     const auto size = CLI::AsSizeValue(false);
     app.add_option("--servers", o.servers,
                    "Servers to benchmark, HOST:PORT or unix:/PATH, comma-separated (default: "
@@ -843,6 +858,12 @@ int main(int argc, char** argv) {
             CLI::Range(min_size, std::uint64_t{64} << 20).description("each from 16 B to 64 MiB"))
         ->type_name("LIST")
         ->default_str("4K,64K,256K,1M,4M,16M");
+}
+
+/// The options that shape the load: operations, threads, depth, keys, timeouts, output. Returns
+/// the two cell limits (--duration-ms, --bytes), whose defaults depend on which was given.
+std::pair<CLI::Option*, CLI::Option*> add_load_options(CLI::App& app, options& o) {
+    const auto size = CLI::AsSizeValue(false);
     app.add_option("--ops", o.ops,
                    "Operations, comma-separated: write, read (read reads the keys written)")
         ->delimiter(',')
@@ -881,6 +902,27 @@ int main(int argc, char** argv) {
                  "Check what reads return: the first and last 8 bytes of each value encode its key "
                  "index, and its middle byte a fixed pattern");
 
+    return {duration, bytes};
+}
+
+int main(int argc, char** argv) {
+    CLI::App app{"memkv-bench: end-to-end throughput and latency of memkv over TCP. For each block "
+                 "size, writes keys then reads them back, with --threads client threads each "
+                 "keeping --inflight operations outstanding through the asynchronous API; prints "
+                 "GiB/s per block size and operation, latency percentiles and ops/s.",
+                 program};
+    app.set_version_flag("--version", std::string(program) + " " + MEMKV_VERSION);
+    app.footer("Without --servers (MEMKV_SERVERS) or --servers-file (MEMKV_SERVERS_FILE), an "
+               "embedded server (memory store) is started "
+               "in this process on 127.0.0.1 with a free port. Authentication: MEMKV_AUTH_KEY "
+               "(or MEMKV_AUTH_KEY_FILE), used by the client and by the embedded server.\n"
+               "Exit status: 0 all operations succeeded; 1 an operation failed, missed or read "
+               "wrong bytes, or setup failed; 2 bad flags.");
+    app.get_formatter()->column_width(30);
+
+    options o;
+    add_target_options(app, o);
+    const auto [duration, bytes] = add_load_options(app, o);
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {

@@ -457,16 +457,8 @@ std::optional<memkv::default_client> connect(const global_options& g, int& rc) {
     return std::move(*c);
 }
 
-} // namespace
-
-int main(int argc, char** argv) {
-    CLI::App app{"memkv-cli: store, load, check and delete values on memkv servers.", program};
-    app.set_version_flag("--version", std::string(program) + " " + MEMKV_VERSION);
-    app.footer(footer);
-    app.require_subcommand(1);
-    app.get_formatter()->column_width(30);
-
-    global_options g;
+/// The options every command takes: servers, namespace, timeout, key, value cap.
+void add_global_options(CLI::App& app, global_options& g) {
     const auto size = size_value();
     auto endpoint = CLI::Validator(
         [](std::string& s) -> std::string {
@@ -499,46 +491,68 @@ int main(int argc, char** argv) {
         ->transform(size)
         ->type_name("SIZE")
         ->default_str("64M");
+}
 
+/// The commands and their arguments.
+struct commands {
     put_args pa;
-    auto* put = app.add_subcommand("put", "Store a value read from FILE or stdin");
-    put->add_option("KEY", pa.key, "Key")->required();
-    put->add_option("FILE", pa.file, "File to store, or - for stdin")->default_str("-");
-    put->add_option("--meta", pa.meta, "Metadata stored with the value (up to 256 bytes)")
+    get_args ga;
+    std::vector<std::string> exists_keys, del_keys;
+    CLI::App *put = nullptr, *get = nullptr, *exists = nullptr, *del = nullptr, *stats = nullptr,
+             *ping = nullptr;
+};
+
+/// Declares the commands (subcommands) into `c`.
+void add_commands(CLI::App& app, commands& c) {
+    const auto size = size_value();
+    c.put = app.add_subcommand("put", "Store a value read from FILE or stdin");
+    c.put->add_option("KEY", c.pa.key, "Key")->required();
+    c.put->add_option("FILE", c.pa.file, "File to store, or - for stdin")->default_str("-");
+    c.put->add_option("--meta", c.pa.meta, "Metadata stored with the value (up to 256 bytes)")
         ->type_name("STR");
-    put->add_flag("--if-absent", pa.if_absent, "Do nothing if the key exists (still exit 0)");
-    put->add_flag("--durable", pa.durable, "Acknowledge only after the store flushed");
-    put->add_option("--ttl", pa.ttl, "Expire after this many seconds (0 = never)")
+    c.put->add_flag("--if-absent", c.pa.if_absent, "Do nothing if the key exists (still exit 0)");
+    c.put->add_flag("--durable", c.pa.durable, "Acknowledge only after the store flushed");
+    c.put->add_option("--ttl", c.pa.ttl, "Expire after this many seconds (0 = never)")
         ->type_name("SECONDS");
 
-    get_args ga;
-    auto* get = app.add_subcommand("get", "Load a value to stdout or a file (miss: exit 1)");
-    get->add_option("KEY", ga.key, "Key")->required();
-    get->add_option("-o,--output", ga.output, "Write the value to FILE instead of stdout")
+    c.get = app.add_subcommand("get", "Load a value to stdout or a file (miss: exit 1)");
+    c.get->add_option("KEY", c.ga.key, "Key")->required();
+    c.get->add_option("-o,--output", c.ga.output, "Write the value to FILE instead of stdout")
         ->type_name("FILE");
-    get->add_option("--offset", ga.offset, "First byte of the range to read")
+    c.get->add_option("--offset", c.ga.offset, "First byte of the range to read")
         ->transform(size)
         ->type_name("SIZE");
-    get->add_option("--length", ga.length, "Bytes to read from --offset (0 = to the end)")
+    c.get->add_option("--length", c.ga.length, "Bytes to read from --offset (0 = to the end)")
         ->transform(size)
         ->type_name("SIZE");
-    get->add_flag("--meta", ga.meta, "Print the metadata and sizes to stderr");
+    c.get->add_flag("--meta", c.ga.meta, "Print the metadata and sizes to stderr");
 
-    std::vector<std::string> exists_keys;
-    auto* exists =
-        app.add_subcommand("exists", "Print \"KEY present SIZE\" or \"KEY absent\" per key");
-    exists->add_option("KEY", exists_keys, "Keys")->required();
+    c.exists = app.add_subcommand("exists", "Print \"KEY present SIZE\" or \"KEY absent\" per key");
+    c.exists->add_option("KEY", c.exists_keys, "Keys")->required();
 
-    std::vector<std::string> del_keys;
-    auto* del = app.add_subcommand("del", "Delete keys; print \"KEY deleted\" or \"KEY absent\"");
-    del->add_option("KEY", del_keys, "Keys")->required();
+    c.del = app.add_subcommand("del", "Delete keys; print \"KEY deleted\" or \"KEY absent\"");
+    c.del->add_option("KEY", c.del_keys, "Keys")->required();
 
-    auto* stats = app.add_subcommand("stats", "Print the servers' counters, \"name value\" "
-                                              "per line, sorted (serverI.up 0: server I did not "
-                                              "answer, exit status 3), then a \"client:\" "
-                                              "section: this client's view of each server");
-    auto* ping = app.add_subcommand("ping", "Check that every server answers");
+    c.stats = app.add_subcommand("stats", "Print the servers' counters, \"name value\" "
+                                          "per line, sorted (serverI.up 0: server I did not "
+                                          "answer, exit status 3), then a \"client:\" "
+                                          "section: this client's view of each server");
+    c.ping = app.add_subcommand("ping", "Check that every server answers");
+}
 
+} // namespace
+
+int main(int argc, char** argv) {
+    CLI::App app{"memkv-cli: store, load, check and delete values on memkv servers.", program};
+    app.set_version_flag("--version", std::string(program) + " " + MEMKV_VERSION);
+    app.footer(footer);
+    app.require_subcommand(1);
+    app.get_formatter()->column_width(30);
+
+    global_options g;
+    add_global_options(app, g);
+    commands c;
+    add_commands(app, c);
     try {
         app.parse(argc, argv);
     } catch (const CLI::CallForHelp& e) {
@@ -554,15 +568,15 @@ int main(int argc, char** argv) {
     }
 
     std::optional<std::vector<std::byte>> value;
-    if (*put && !(value = prepare_put(g, pa))) return exit_usage;
+    if (*c.put && !(value = prepare_put(g, c.pa))) return exit_usage;
     int rc = exit_ok;
     auto client = connect(g, rc);
     if (!client) return rc;
-    if (*put) return do_put(*client, pa, *value);
-    if (*get) return do_get(*client, g, ga);
-    if (*exists) return do_exists(*client, g, exists_keys);
-    if (*del) return do_del(*client, g, del_keys);
-    if (*stats) return do_stats(*client);
-    if (*ping) return do_ping(*client);
+    if (*c.put) return do_put(*client, c.pa, *value);
+    if (*c.get) return do_get(*client, g, c.ga);
+    if (*c.exists) return do_exists(*client, g, c.exists_keys);
+    if (*c.del) return do_del(*client, g, c.del_keys);
+    if (*c.stats) return do_stats(*client);
+    if (*c.ping) return do_ping(*client);
     return exit_usage;
 }

@@ -29,6 +29,7 @@
 #include <istream>
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <system_error>
@@ -363,7 +364,16 @@ template <class Server>
 int serve(const options& o, const memkv::server_config& cfg, typename Server::store_config scfg,
           std::uint64_t per_shard);
 
-int run(const options& o) {
+/// How the store is cut: the region size, the shard count and the bytes of each shard.
+struct store_layout {
+    std::uint64_t region = 0;
+    std::uint32_t shards = 0;
+    std::uint64_t per_shard = 0;
+};
+
+/// The layout the options ask for; none (the reason printed) when it cannot hold a value or two
+/// regions per shard.
+std::optional<store_layout> layout_of(const options& o) {
     const std::uint64_t region_asked = o.region_size ? o.region_size : 2 * o.max_value;
     const std::uint64_t region = (region_asked + meta_block - 1) / meta_block * meta_block;
     if (region < o.max_value + 3 * meta_block) {
@@ -372,9 +382,8 @@ int run(const options& o) {
                    "value is stored whole in one region, with its headers\n",
                    program, human_size(region), human_size(o.max_value),
                    human_size(3 * meta_block));
-        return exit_usage;
+        return std::nullopt;
     }
-
     // Each shard's part of the store must hold two regions (one open for writes, one to
     // reclaim into); a persistent store also keeps its superblock area.
     const bool persistent = o.store != "memory";
@@ -388,7 +397,7 @@ int run(const options& o) {
                    "2 x --max-value unless --region-size is given): raise --capacity or lower "
                    "--max-value\n",
                    program, human_size(o.capacity), human_size(region));
-        return exit_usage;
+        return std::nullopt;
     }
     std::uint32_t shards = o.shards;
     if (shards == 0) {
@@ -400,9 +409,17 @@ int run(const options& o) {
                    "regions of {}: use at most {} shards, or raise --capacity\n",
                    program, human_size(o.capacity), shards, human_size(o.capacity / shards),
                    human_size(region), max_shards);
-        return exit_usage;
+        return std::nullopt;
     }
-    const std::uint64_t per_shard = usable / shards;
+    return store_layout{region, shards, usable / shards};
+}
+
+int run(const options& o) {
+    const auto layout = layout_of(o);
+    if (!layout) return exit_usage;
+    const auto shards = layout->shards;
+    const auto region = layout->region;
+    const auto per_shard = layout->per_shard;
 
     std::string why;
     auto keys = load_keys(o.auth_key_file, why);
@@ -458,15 +475,9 @@ int run(const options& o) {
     return serve<memkv::memory_server>(o, cfg, scfg, per_shard);
 }
 
-/// Creates, starts and runs a server until SIGTERM/SIGINT; SIGHUP reloads the keys.
-template <class Server>
-int serve(const options& o, const memkv::server_config& cfg, typename Server::store_config scfg,
-          std::uint64_t per_shard) {
-    const auto shards = cfg.shards;
-    std::string why;
-
-    // Block the signals before any thread exists, so that every server thread inherits the
-    // mask and only sigwait() below sees them.
+/// Blocks SIGINT, SIGTERM and SIGHUP in this thread before any other exists (every server
+/// thread inherits the mask and only sigwait() sees them) and ignores SIGPIPE. Returns the set.
+std::optional<sigset_t> block_signals() {
     sigset_t signals;
     sigemptyset(&signals);
     sigaddset(&signals, SIGINT);
@@ -474,37 +485,30 @@ int serve(const options& o, const memkv::server_config& cfg, typename Server::st
     sigaddset(&signals, SIGHUP);
     if (int e = ::pthread_sigmask(SIG_BLOCK, &signals, nullptr); e != 0) {
         fmt::print(stderr, "{}: error: cannot block signals: {}\n", program, std::strerror(e));
-        return exit_runtime;
+        return std::nullopt;
     }
     std::signal(SIGPIPE, SIG_IGN);
+    return signals;
+}
 
-    auto created = Server::create(cfg, scfg);
-    if (!created) {
+/// Explains why the server could not start and returns the exit status.
+int start_failure(std::error_code ec) {
+    // start() has logged which endpoint failed and why.
+    if (ec == memkv::errc::unauthenticated)
         fmt::print(stderr,
-                   "{}: error: cannot create the server ({} shards, a {} {} store ({} per shard) "
-                   "and {} buffers of {} each): {}\n",
-                   program, shards, human_size(o.capacity), o.store, human_size(per_shard),
-                   cfg.buffers_per_shard, human_size(cfg.buffer_size), created.error().message());
-        const auto e = created.error();
-        return e == memkv::errc::invalid_argument || e == memkv::errc::rejected ? exit_usage
-                                                                                : exit_runtime;
-    }
-    auto& srv = *created;
-    if (auto r = srv.start(); !r) {
-        // start() has logged which endpoint failed and why.
-        if (r.error() == memkv::errc::unauthenticated)
-            fmt::print(stderr,
-                       "{}: error: refusing a non-loopback listener without an auth key: set "
-                       "MEMKV_AUTH_KEY, MEMKV_AUTH_KEY_FILE or --auth-key-file, or listen on "
-                       "127.0.0.1, [::1] or unix:/PATH\n",
-                       program);
-        else
-            fmt::print(stderr, "{}: error: cannot start: {}\n", program, r.error().message());
-        const bool usage =
-            r.error() == memkv::errc::unauthenticated || r.error() == memkv::errc::invalid_argument;
-        return usage ? exit_usage : exit_runtime;
-    }
+                   "{}: error: refusing a non-loopback listener without an auth key: set "
+                   "MEMKV_AUTH_KEY, MEMKV_AUTH_KEY_FILE or --auth-key-file, or listen on "
+                   "127.0.0.1, [::1] or unix:/PATH\n",
+                   program);
+    else
+        fmt::print(stderr, "{}: error: cannot start: {}\n", program, ec.message());
+    const bool usage = ec == memkv::errc::unauthenticated || ec == memkv::errc::invalid_argument;
+    return usage ? exit_usage : exit_runtime;
+}
 
+/// The start-up banner: endpoints, shards, store, buffers, I/O mode, auth.
+template <class Server>
+void log_banner(const Server& srv, const options& o, std::uint64_t per_shard) {
     log("info", "{} {} started (pid {})", program, MEMKV_VERSION, ::getpid());
     for (const auto& ep : srv.endpoints())
         log("info", "listening on {}", ep);
@@ -523,11 +527,60 @@ int serve(const options& o, const memkv::server_config& cfg, typename Server::st
             srv.config().trim == memkv::trim_mode::on ? "yes" : "no",
             o.trim == "auto" ? " (the store's default; --trim on|off)" : "");
     log("info", "auth: {}", describe_keys(*srv.config().keys));
+}
+
+/// Waits for SIGTERM or SIGINT; a SIGHUP meanwhile reloads the key ring.
+template <class Server>
+void wait_for_shutdown(Server& srv, const options& o, const sigset_t& signals) {
+    for (;;) {
+        int sig = 0;
+        if (::sigwait(&signals, &sig) != 0) continue;
+        if (sig != SIGHUP) {
+            log("info", "{}: shutting down", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+            return;
+        }
+        std::string why;
+        auto again = load_keys(o.auth_key_file, why);
+        if (!again) {
+            log("warn", "SIGHUP: cannot read the key sources ({}); still using {}", why,
+                describe_keys(*srv.keys()));
+        } else if (auto r = srv.reload_keys(*again); !r) {
+            log("warn",
+                "SIGHUP: refusing an empty key ring while listening beyond loopback; still using "
+                "{}",
+                describe_keys(*srv.keys()));
+        } else {
+            log("info", "SIGHUP: reloaded the key ring: {}", describe_keys(**again));
+        }
+    }
+}
+
+/// Creates, starts and runs a server until SIGTERM/SIGINT; SIGHUP reloads the keys.
+template <class Server>
+int serve(const options& o, const memkv::server_config& cfg, typename Server::store_config scfg,
+          std::uint64_t per_shard) {
+    const auto signals = block_signals();
+    if (!signals) return exit_runtime;
+    auto created = Server::create(cfg, scfg);
+    if (!created) {
+        fmt::print(stderr,
+                   "{}: error: cannot create the server ({} shards, a {} {} store ({} per shard) "
+                   "and {} buffers of {} each): {}\n",
+                   program, cfg.shards, human_size(o.capacity), o.store, human_size(per_shard),
+                   cfg.buffers_per_shard, human_size(cfg.buffer_size), created.error().message());
+        const auto e = created.error();
+        return e == memkv::errc::invalid_argument || e == memkv::errc::rejected ? exit_usage
+                                                                                : exit_runtime;
+    }
+    auto& srv = *created;
+    if (auto r = srv.start(); !r) return start_failure(r.error());
+    log_banner(srv, o, per_shard);
 
     owned_files files;
     files.add_sockets(srv.endpoints());
     if (!o.port_file.empty()) {
         const auto text = srv.endpoints().front() + "\n";
+        std::string why;
         if (!write_atomically(o.port_file, text, why)) {
             log("error", "port file: {}", why);
             srv.stop();
@@ -537,29 +590,7 @@ int serve(const options& o, const memkv::server_config& cfg, typename Server::st
         files.add_port_file(o.port_file, text);
         log("info", "wrote {} to {}", srv.endpoints().front(), o.port_file);
     }
-
-    for (;;) {
-        int sig = 0;
-        if (::sigwait(&signals, &sig) != 0) continue;
-        if (sig == SIGHUP) {
-            std::string reload_why;
-            auto again = load_keys(o.auth_key_file, reload_why);
-            if (!again) {
-                log("warn", "SIGHUP: cannot read the key sources ({}); still using {}", reload_why,
-                    describe_keys(*srv.keys()));
-            } else if (auto r = srv.reload_keys(*again); !r) {
-                log("warn",
-                    "SIGHUP: refusing an empty key ring while listening beyond loopback; "
-                    "still using {}",
-                    describe_keys(*srv.keys()));
-            } else {
-                log("info", "SIGHUP: reloaded the key ring: {}", describe_keys(**again));
-            }
-            continue;
-        }
-        log("info", "{}: shutting down", sig == SIGTERM ? "SIGTERM" : "SIGINT");
-        break;
-    }
+    wait_for_shutdown(srv, o, *signals);
     srv.stop();
     files.remove();
     const auto t = sum_counters(srv);
@@ -571,24 +602,18 @@ int serve(const options& o, const memkv::server_config& cfg, typename Server::st
     return exit_ok;
 }
 
-} // namespace
-
-int main(int argc, char** argv) {
-    CLI::App app{"memkv-server: a KV-cache store for LLM inference (TCP and Unix sockets, DRAM "
-                 "store).",
-                 program};
-    app.set_version_flag("--version", std::string(program) + " " + MEMKV_VERSION);
-    app.footer(footer);
-    app.get_formatter()->column_width(34);
-
-    options o;
-    const auto size = size_value();
-    auto nonzero = CLI::Validator(
+/// A validator refusing 0.
+CLI::Validator nonzero() {
+    return CLI::Validator(
         [](std::string& s) {
             return s.find_first_not_of("0 \t") == std::string::npos ? std::string("must not be 0")
                                                                     : std::string();
         },
         "", "");
+}
+
+/// The options that say where the server listens and what it stores in.
+void add_store_options(CLI::App& app, options& o) {
     app.add_option("--listen", o.listen,
                    "Endpoint to listen on, repeatable or comma-separated: HOST:PORT, [V6]:PORT "
                    "or unix:/PATH (port 0 picks a free port)")
@@ -637,24 +662,29 @@ int main(int argc, char** argv) {
     app.add_flag("--wipe-on-incompatible", o.wipe_on_incompatible,
                  "Wipe and reformat a store whose superblock is damaged or of an unknown format")
         ->envname("MEMKV_WIPE_ON_INCOMPATIBLE");
+}
+
+/// The options that size and tune the server, and say where its keys and port file are.
+void add_tuning_options(CLI::App& app, options& o) {
+    const auto size = size_value();
     app.add_option("--capacity", o.capacity,
                    "Bytes of the store (memory, or the file's size), split between the shards")
         ->envname("MEMKV_CAPACITY")
         ->transform(size)
-        ->check(nonzero)
+        ->check(nonzero())
         ->type_name("SIZE")
         ->default_str("1G");
     app.add_option("--max-value", o.max_value, "Largest value accepted")
         ->envname("MEMKV_MAX_VALUE")
         ->transform(size)
-        ->check(nonzero)
+        ->check(nonzero())
         ->type_name("SIZE")
         ->default_str("64M");
     app.add_option("--region-size", o.region_size,
                    "Bytes per region of the storage engine (default: 2 x --max-value)")
         ->envname("MEMKV_REGION_SIZE")
         ->transform(size)
-        ->check(nonzero)
+        ->check(nonzero())
         ->type_name("SIZE");
     app.add_option("--buffers", o.buffers, "Bounce buffers (1 MiB each) per shard")
         ->envname("MEMKV_BUFFERS")
@@ -688,9 +718,12 @@ int main(int argc, char** argv) {
                    "and a newline to PATH, atomically; removed at shutdown")
         ->envname("MEMKV_PORT_FILE")
         ->type_name("PATH");
+}
 
-    // --config: CLI11 reads it before it looks at the environment, so MEMKV_CONFIG is applied
-    // here (as the default, and required to exist when set).
+/// --config (MEMKV_CONFIG): the flat config file of every option above. CLI11 reads it before
+/// it looks at the environment, so MEMKV_CONFIG is applied here (as the default, and required
+/// to exist when set). Returns MEMKV_CONFIG, or null.
+const char* add_config_option(CLI::App& app) {
     const char* env_config = std::getenv("MEMKV_CONFIG");
     const bool have_env_config = env_config != nullptr && *env_config != '\0';
     app.set_config("--config", have_env_config ? env_config : "",
@@ -705,7 +738,13 @@ int main(int argc, char** argv) {
     config_keys.erase("help");
     config_keys.erase("version");
     app.config_formatter(std::make_shared<flat_config>(std::move(config_keys)));
+    return have_env_config ? env_config : nullptr;
+}
 
+/// Parses the command line; an exit status when the program must exit now (help, version, a
+/// bad option or config file), none to go on.
+std::optional<int> parse_command_line(CLI::App& app, int argc, char** argv,
+                                      const char* env_config) {
     try {
         app.parse(argc, argv);
     } catch (const CLI::CallForHelp& e) {
@@ -722,7 +761,7 @@ int main(int argc, char** argv) {
         std::string what = e.what();
         const auto* opt = app.get_config_ptr();
         const auto path = opt != nullptr && opt->count() > 0 ? opt->as<std::string>()
-                          : have_env_config                  ? std::string(env_config)
+                          : env_config != nullptr            ? std::string(env_config)
                                                              : std::string();
         if (!path.empty() && what.rfind("config file,", 0) == 0)
             what.replace(0, 12, "config file " + path + ",");
@@ -733,6 +772,24 @@ int main(int argc, char** argv) {
                    e.what());
         return exit_usage;
     }
+    return std::nullopt;
+}
+
+} // namespace
+
+int main(int argc, char** argv) {
+    CLI::App app{"memkv-server: a KV-cache store for LLM inference (TCP and Unix sockets, DRAM "
+                 "store).",
+                 program};
+    app.set_version_flag("--version", std::string(program) + " " + MEMKV_VERSION);
+    app.footer(footer);
+    app.get_formatter()->column_width(34);
+
+    options o;
+    add_store_options(app, o);
+    add_tuning_options(app, o);
+    const char* env_config = add_config_option(app);
+    if (auto exit_now = parse_command_line(app, argc, argv, env_config)) return *exit_now;
     // Set for an older memkv-server: ignoring it would silently turn TRIM back on.
     if (std::getenv("MEMKV_NO_TRIM") != nullptr) {
         fmt::print(stderr, "{}: error: MEMKV_NO_TRIM is no longer read: use MEMKV_TRIM=off\n",
