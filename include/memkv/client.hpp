@@ -54,9 +54,9 @@ public:
 
     /// Connects to `cfg.servers`; if empty, to those of MEMKV_SERVERS or MEMKV_SERVERS_FILE
     /// (client_config::servers_from_environment()). Without `cfg.key`, the first key of
-    /// MEMKV_AUTH_KEY / MEMKV_AUTH_KEY_FILE is used, if any. The transport is made from `tcfg`,
-    /// restricted to the one cfg.transport (or MEMKV_TRANSPORT) names; errc::invalid_argument
-    /// when this client's transport has no such member.
+    /// MEMKV_AUTH_KEY / MEMKV_AUTH_KEY_FILE is used, if any. The transport is made from `tcfg`;
+    /// a transport_set is restricted to the member cfg.transport (else MEMKV_TRANSPORT) names.
+    /// errc::invalid_argument when this client's transport has no such member.
     static result<client> create(client_config cfg, typename Transport::config tcfg = {}) {
         if (cfg.servers.empty()) {
             auto env = client_config::servers_from_environment();
@@ -72,8 +72,13 @@ public:
             if (!ring) return ring.error();
             if (!ring->empty()) cfg.key = ring->entries().front();
         }
+        // A set's member is chosen by cfg.transport, else MEMKV_TRANSPORT (else tcfg.only as
+        // given); a single transport only refuses an explicit cfg.transport naming another.
+        constexpr bool is_set = requires {
+            tcfg.only;
+        };
         std::string why;
-        auto kind = cfg.transport_choice(&why);
+        auto kind = cfg.transport_choice(is_set, &why);
         if (!kind) {
             detail::log_error("memkv client: {}", why);
             return kind.error();
@@ -83,7 +88,8 @@ public:
                               transport_name(**kind));
             return errc::invalid_argument;
         }
-        if constexpr (requires { tcfg.only; }) tcfg.only = *kind;
+        if constexpr (is_set)
+            if (*kind) tcfg.only = *kind;
         auto t = Transport::create(tcfg);
         if (!t) return t.error();
         auto c = core::create(std::move(cfg), std::move(*t));

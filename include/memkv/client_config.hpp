@@ -72,9 +72,11 @@ struct client_config {
     static result<void> check_servers(std::vector<std::string>& servers,
                                       std::string* why = nullptr);
 
-    /// The transport `transport` names (MEMKV_TRANSPORT when empty): a kind, or none for
-    /// "auto" (or neither set). errc::invalid_argument, explained in `why`, for another name.
-    result<std::optional<transport_kind>> transport_choice(std::string* why = nullptr) const;
+    /// The transport `transport` names (when empty and `use_environment`, MEMKV_TRANSPORT): a
+    /// kind, or none for "auto" or nothing set. errc::invalid_argument, explained in `why`,
+    /// for another name.
+    result<std::optional<transport_kind>> transport_choice(bool use_environment,
+                                                           std::string* why = nullptr) const;
 
     /// Largest servers file read (a guard against naming the wrong file).
     static constexpr std::size_t max_servers_file = 1u << 20;
@@ -232,9 +234,9 @@ inline result<std::vector<std::string>> client_config::servers_from_environment(
 }
 
 inline result<std::optional<transport_kind>>
-client_config::transport_choice(std::string* why) const {
+client_config::transport_choice(bool use_environment, std::string* why) const {
     std::string_view name = transport;
-    const char* env = std::getenv("MEMKV_TRANSPORT");
+    const char* env = use_environment ? std::getenv("MEMKV_TRANSPORT") : nullptr;
     if (name.empty() && env) name = env;
     if (name.empty() || name == "auto") return std::optional<transport_kind>();
     for (auto k : {transport_kind::tcp, transport_kind::unix_socket, transport_kind::shm,

@@ -159,7 +159,8 @@ concept store =
 ///     frames' or references' checksums (-EBADMSG when they fail).
 ///  3. After fence() returns, no earlier pull or push touches either side's memory again; those
 ///     not yet completed complete with -ECANCELED at the next poll().
-///  4. bytes_in_flight() counts queued push bytes (the connection's in-flight cap).
+///  4. bytes_in_flight() counts the bytes queued for the client (pushes, and on a stream path
+///     the replies queued with them): the connection's in-flight cap.
 ///  5. skip(ref): the bytes of `ref` will never be pulled (a refused or failed PUT): a stream
 ///     path reads and drops them, a one-sided path does nothing.
 ///  6. `P::reply_rides_payload` is true when a GET's reply header travels with its first pushed

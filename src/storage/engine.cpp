@@ -157,9 +157,6 @@ engine_stats engine::stats() const noexcept {
     return s;
 }
 
-std::size_t engine::index_size() const noexcept {
-    return p_->idx.size();
-}
 std::uint32_t engine::writers(std::uint32_t region) const noexcept {
     return p_->regions.writers(region);
 }

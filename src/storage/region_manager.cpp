@@ -3,7 +3,9 @@
 #include <memkv/detail/log.hpp>
 #include <memkv/storage/region_manager.hpp>
 
+#include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 #include <random>
 
@@ -51,7 +53,6 @@ bool region_manager::fits(const slot& r, std::uint64_t bytes,
 
 result<std::optional<allocation>> region_manager::allocate(std::uint64_t bytes,
                                                            std::size_t summary_bytes) {
-    reclaim_failed_ = false; // a new request may try a reclaim that failed before
     if (!open_ || !fits(slots_[*open_], bytes, summary_bytes)) {
         if (clean_.empty()) {
             if (reclaiming_ == 0) try_reclaim();
@@ -62,6 +63,7 @@ result<std::optional<allocation>> region_manager::allocate(std::uint64_t bytes,
         // keep filling it while no clean region is ready.
         close_open();
         open_clean();
+        if (!open_) return errc::retry; // its open header could not even be submitted
     }
     auto& r = slots_[*open_];
     if (!fits(r, bytes, summary_bytes)) return errc::too_large;
@@ -135,7 +137,7 @@ void region_manager::start_seal(std::uint32_t id) {
 }
 
 bool region_manager::try_reclaim() {
-    if (sealed_.empty()) return false;
+    if (sealed_.empty() || std::chrono::steady_clock::now() < reclaim_retry_at_) return false;
     const auto id = sealed_.front();
     auto& r = slots_[id];
     if (r.ph != phase::sealed || r.pins != 0 || r.writers != 0 || r.io != step::none) return false;
@@ -149,7 +151,7 @@ bool region_manager::try_reclaim() {
 }
 
 void region_manager::maintain() {
-    if (shutting_down_ || reclaim_failed_ || !clean_.empty() || reclaiming_ > 0) return;
+    if (shutting_down_ || !clean_.empty() || reclaiming_ > 0) return;
     if (open_ && slots_[*open_].used * 2 < cfg_.geo.region_size) return;
     try_reclaim();
 }
@@ -246,12 +248,17 @@ void region_manager::advance(std::uint32_t id, std::int64_t res) {
     case step::free_flush:
         if (!ok) {
             // Its entries are gone from the index, but its records are still valid on the store:
-            // it stays the oldest region, to be reclaimed again by a later request.
+            // it stays the oldest region, reclaimed again only after a back-off (doubling, up to
+            // 30 s), so that a failing device answers PUTs `retry` instead of spinning.
             r.buf.reset();
             r.ph = phase::sealed;
             --reclaiming_;
             sealed_.push_front(id);
-            reclaim_failed_ = true;
+            reclaim_backoff_ = std::min<std::chrono::milliseconds>(
+                std::chrono::seconds(30),
+                std::max<std::chrono::milliseconds>(std::chrono::milliseconds(100),
+                                                    2 * reclaim_backoff_));
+            reclaim_retry_at_ = std::chrono::steady_clock::now() + reclaim_backoff_;
             break;
         }
         if (s == step::free_header) {
@@ -285,6 +292,7 @@ void region_manager::seal_done(std::uint32_t id, bool summarised) {
 void region_manager::reclaim_done(std::uint32_t id) {
     auto& r = slots_[id];
     r = slot{};
+    reclaim_backoff_ = std::chrono::milliseconds(0);
     clean_.push_back(id);
     --reclaiming_;
     ++stats_.evicted_regions;
@@ -308,7 +316,11 @@ void region_manager::maybe_final_flush() {
     for (const auto& r : slots_)
         if (r.io != step::none || (r.ph == phase::full && r.writers == 0)) return;
     final_flush_sent_ = true;
-    if (!io_.flush(final_flush_token)) final_flush_ = false;
+    if (!io_.flush(final_flush_token)) {
+        ++stats_.metadata_errors;
+        detail::log_warn("shard {}: the shutdown flush could not be submitted", cfg_.shard);
+        final_flush_ = false;
+    }
 }
 
 bool region_manager::busy() const noexcept {

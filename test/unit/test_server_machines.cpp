@@ -10,6 +10,7 @@
 #include <memkv/detail/server/completion_router.hpp>
 #include <memkv/detail/server/op_host.hpp>
 #include <memkv/detail/server/record_write.hpp>
+#include <memkv/detail/server/store_meta_submitter.hpp>
 #include <memkv/detail/server/store_sync_io.hpp>
 #include <memkv/detail/server/value_read.hpp>
 #include <memkv/store/memory_store.hpp>
@@ -166,6 +167,40 @@ private:
 };
 static_assert(store<failing_store>);
 
+/// A memory store that holds back the completion of a write at one offset until released (the
+/// write itself lands at once).
+class holding_store : public memory_store {
+public:
+    struct config : memory_store::config {};
+    static result<holding_store> create(const config& c) {
+        auto m = memory_store::create(c);
+        if (!m) return m.error();
+        return holding_store(std::move(*m));
+    }
+    result<void> write(std::uint64_t offset, std::span<const std::byte> buf,
+                       std::uint64_t tag) noexcept {
+        if (offset != hold_at) return memory_store::write(offset, buf, tag);
+        std::memcpy(base() + offset, buf.data(), buf.size());
+        held.push_back({tag, static_cast<std::int64_t>(buf.size())});
+        return {};
+    }
+    std::size_t poll(std::span<io_completion> out) noexcept {
+        std::size_t n = 0;
+        for (; n < out.size() && release && !held.empty(); ++n) {
+            out[n] = held.front();
+            held.erase(held.begin());
+        }
+        return n + memory_store::poll(out.subspan(n));
+    }
+    std::uint64_t hold_at = ~0ull;
+    bool release = false;
+    std::vector<io_completion> held;
+
+private:
+    explicit holding_store(memory_store m) : memory_store(std::move(m)) {}
+};
+static_assert(store<holding_store>);
+
 /// Everything a shard lends its operations, over a fresh store of 64 MiB (regions of 8 MiB).
 template <store Store>
 struct shard_parts {
@@ -306,6 +341,29 @@ TEST_CASE("A PUT whose pieces arrive out of order is stored whole and read back 
     s.check_nothing_held();
 }
 
+TEST_CASE("A PUT is not acknowledged before its region's open header is on the store",
+          "[unit][server][record_write]") {
+    holding_store::config sc;
+    shard_parts<holding_store> s(sc);
+    s.store.hold_at = 0; // region 0's header block: the first region opened
+    scripted_path path;
+    test_host host(path);
+    path.client_value = test::pattern(16, 64 * 1024);
+    start_put(s, host, 1, "early", path.client_value.size());
+    path.complete_all_reversed();
+    s.pump(path);
+    // The record is written (header and value in one write), the open header is not complete.
+    CHECK(host.answers.empty());
+    CHECK(s.engine.find(ikey("early")) == nullptr);
+    REQUIRE(s.store.held.size() == 1);
+    s.store.release = true;
+    s.pump(path);
+    REQUIRE(host.answers.size() == 1);
+    CHECK_FALSE(host.answers[0].status);
+    CHECK(s.engine.find(ikey("early")) != nullptr);
+    s.check_nothing_held();
+}
+
 TEST_CASE("A connection closed in the middle of a PUT commits nothing and releases the region's "
           "writer and every buffer",
           "[unit][server][record_write]") {
@@ -423,7 +481,7 @@ auth::frame_mac test_mac() {
 struct stream_parts {
     shard_parts<memory_store> s;
     detail::frame_channel<idle_stream> ch{idle_stream{}, test_mac(), test_mac(), s.cfg.limits};
-    detail::inline_data_path<idle_stream> path{ch};
+    detail::inline_data_path<idle_stream> path{ch, s.cfg.limits.max_chunk};
     test_host<detail::inline_data_path<idle_stream>> host{path};
 };
 
@@ -462,13 +520,13 @@ TEST_CASE("Over a stream path a PUT takes a buffer only for bytes the stream has
     stream_parts p;
     auto& [s, ch, path, host] = p;
     auto op = start_put(s, host, 3, "streamed", 3 * MiB);
-    CHECK(path.waiting_pulls() == 0); // reserved, nothing armed ahead
+    CHECK(path.open_pulls() == 0); // reserved, nothing armed ahead
     CHECK(s.pool.available() == s.pool.capacity());
     op->want(MiB / 2); // a frame of the first half MiB is at the head of the stream
-    CHECK(path.waiting_pulls() == 1);
+    CHECK(path.open_pulls() == 1);
     CHECK(s.pool.available() == s.pool.capacity() - 1);
     op->want(MiB + 1); // a frame that straddles the first two pieces
-    CHECK(path.waiting_pulls() == 2);
+    CHECK(path.open_pulls() == 2);
     CHECK(s.pool.available() == s.pool.capacity() - 2);
     op->detach();
     path.fence();

@@ -34,8 +34,9 @@ enum class data_disposition : std::uint8_t {
 ///    it completes when the last of them is in and every one passed its CRC (-EBADMSG
 ///    otherwise). Pulls of a request are armed in offset order. A frame whose bytes meet no
 ///    armed pull pauses the channel until one is armed.
-///  - push(buf, ref, tag) queues a frame borrowing `buf` (the first of a GET carries the reply
-///    head announced with announce_reply()); it completes when the frame is written.
+///  - push(buf, ref, tag) queues frames borrowing `buf` (the first of a GET carries the reply
+///    head announced with announce_reply()), each at most the protocol's frame payload; it
+///    completes when the last one is written.
 ///  - skip(ref): the request's bytes from ref.offset on are read and dropped.
 ///  - fence(): every pull and push not completed completes with -ECANCELED; nothing borrowed is
 ///    touched afterwards (the owner closes the channel).
@@ -47,7 +48,10 @@ public:
     static constexpr bool reply_rides_payload = true;
     static constexpr bool pulls_on_demand = true;
 
-    explicit inline_data_path(frame_channel<Stream>& ch) noexcept : ch_(&ch) {}
+    /// Over `ch`, sending payload frames of at most `max_frame` bytes (the protocol's
+    /// limits::max_chunk: a piece larger than that goes out in several frames).
+    inline_data_path(frame_channel<Stream>& ch, std::size_t max_frame) noexcept
+        : ch_(&ch), max_frame_(std::max<std::size_t>(1, max_frame)) {}
     inline_data_path(const inline_data_path&) = delete;
     inline_data_path& operator=(const inline_data_path&) = delete;
 
@@ -60,7 +64,7 @@ public:
             return errc::invalid_argument;
         in.pulls.push_back({ref.offset, ref.length, 0, dst.data(), tag, false});
         in.armed_end += ref.length;
-        ++waiting_pulls_;
+        ++open_pulls_;
         return {};
     }
 
@@ -79,19 +83,25 @@ public:
     result<void> push(std::span<const std::byte> src, const protocol::payload_ref& ref,
                       std::uint64_t tag) {
         if (fenced_) return errc::closed;
-        protocol::frame_header h;
-        std::vector<std::byte> body;
-        if (auto it = heads_.find(ref.request); it != heads_.end()) {
-            h = it->second.header;
-            body = std::move(it->second.body);
-            heads_.erase(it);
-        } else {
-            h.op = static_cast<std::uint8_t>(protocol::opcode::data) | protocol::reply_bit;
-            h.request_id = ref.request;
+        for (std::size_t off = 0; off < src.size() || off == 0;) {
+            const auto n = std::min(max_frame_, src.size() - off);
+            protocol::frame_header h;
+            std::vector<std::byte> body;
+            if (auto it = heads_.find(ref.request); it != heads_.end()) {
+                h = it->second.header;
+                body = std::move(it->second.body);
+                heads_.erase(it);
+            } else {
+                h.op = static_cast<std::uint8_t>(protocol::opcode::data) | protocol::reply_bit;
+                h.request_id = ref.request;
+            }
+            h.value_len = ref.transfer_len;
+            h.offset = ref.offset + off;
+            off += n;
+            // The push completes with its last frame (the token comes back once it is written).
+            ch_->send(h, std::move(body), src.subspan(off - n, n), off == src.size() ? tag : 0);
+            if (n == 0) break;
         }
-        h.value_len = ref.transfer_len;
-        h.offset = ref.offset;
-        ch_->send(h, std::move(body), src, tag);
         pushes_.emplace(tag, src.size());
         return {};
     }
@@ -113,13 +123,21 @@ public:
                 done_.push_back({p.tag, -ECANCELED});
         inbound_.clear();
         heads_.clear();
-        waiting_pulls_ = 0;
+        open_pulls_ = 0;
     }
 
     /// Queued bytes of the channel (pushes and replies): the connection's in-flight cap.
     std::size_t bytes_in_flight() const noexcept { return ch_->queued_bytes(); }
-    /// Armed pulls that have received nothing yet (buffers waiting for this connection's input).
-    std::size_t waiting_pulls() const noexcept { return waiting_pulls_; }
+    /// Armed pulls not completed: buffers waiting for more of this connection's input.
+    std::size_t open_pulls() const noexcept { return open_pulls_; }
+    /// Requests whose value is being read and dropped, wholly (skip() of a refused PUT): what
+    /// they cost counts against the connection's bound on PUTs.
+    std::size_t skipped_transfers() const noexcept {
+        std::size_t n = 0;
+        for (const auto& [id, in] : inbound_)
+            n += in.skip_from == 0;
+        return n;
+    }
 
     /// Where the payload of frame `h` (payload_len > 0) of a PUT's value goes.
     data_disposition on_data(const protocol::frame_header& h) {
@@ -161,7 +179,6 @@ public:
         std::uint64_t left = h.payload_len;
         while (left > 0 && !in.pulls.empty()) {
             auto& p = in.pulls.front();
-            if (p.filled == 0) --waiting_pulls_;
             const auto n = std::min(left, p.length - p.filled);
             p.filled += n;
             p.bad |= !crc_ok;
@@ -169,6 +186,7 @@ public:
             if (p.filled < p.length) break;
             done_.push_back({p.tag, p.bad ? -EBADMSG : static_cast<std::int64_t>(p.length)});
             in.pulls.pop_front();
+            --open_pulls_;
         }
         in.next = h.offset + h.payload_len;
         forget_if_done(h.request_id);
@@ -217,12 +235,13 @@ private:
     }
 
     frame_channel<Stream>* ch_;
+    std::size_t max_frame_;
     std::unordered_map<std::uint64_t, inbound> inbound_;
     std::unordered_map<std::uint64_t, head> heads_;
     std::unordered_map<std::uint64_t, std::size_t> pushes_; // tag -> bytes, frames not written
     std::vector<io_completion> done_;
     std::vector<std::byte> scratch_; // skipped bytes of frames that also fill a pull
-    std::size_t waiting_pulls_ = 0;
+    std::size_t open_pulls_ = 0;
     bool fenced_ = false;
 };
 

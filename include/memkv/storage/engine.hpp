@@ -116,8 +116,6 @@ public:
     bool meta_busy() const noexcept;
 
     engine_stats stats() const noexcept;
-    /// The number of entries (values and tombstones) without walking the index.
-    std::size_t index_size() const noexcept;
     /// Reservations not yet committed or aborted in `region`, and its pins (for tests).
     std::uint32_t writers(std::uint32_t region) const noexcept;
     std::uint32_t pins(std::uint32_t region) const noexcept;

@@ -9,6 +9,7 @@
 #include <memkv/storage/meta_io.hpp>
 #include <memkv/storage/region_geometry.hpp>
 
+#include <chrono>
 #include <cstdint>
 #include <deque>
 #include <functional>
@@ -70,7 +71,8 @@ struct region_stats {
 ///    clean region is left, so that the region after it is ready when it fills.
 ///  - allocate() answers nullopt ("wait") when no clean region is left but one is on its way
 ///    (a reclaim or the seal before it in flight), errc::retry when none can be made by I/O
-///    alone (the oldest region is pinned or still written by requests in progress).
+///    alone (the oldest region is pinned or still written by requests in progress) or when a
+///    reclaim failed a moment ago (retried after a back-off: a failing device does not spin).
 class region_manager {
 public:
     struct config {
@@ -110,7 +112,6 @@ public:
     const region_stats& stats() const noexcept { return stats_; }
     std::uint32_t writers(std::uint32_t region) const noexcept { return slots_[region].writers; }
     std::uint32_t pins(std::uint32_t region) const noexcept { return slots_[region].pins; }
-    std::size_t clean_regions() const noexcept { return clean_.size(); }
     std::uint64_t capacity_bytes() const noexcept {
         return std::uint64_t(cfg_.geo.count) * cfg_.geo.region_size;
     }
@@ -168,8 +169,10 @@ private:
     std::uint32_t reclaiming_ = 0;
     std::uint64_t next_seq_ = 1;
     bool shutting_down_ = false;
-    bool reclaim_failed_ = false; // not retried until the next allocate()
-    bool final_flush_ = false;    // shutdown flush: due (not yet submitted) or in flight
+    /// After a failed reclaim: no reclaim before reclaim_retry_at_ (backoff doubling).
+    std::chrono::steady_clock::time_point reclaim_retry_at_{};
+    std::chrono::milliseconds reclaim_backoff_{0};
+    bool final_flush_ = false; // shutdown flush: due (not yet submitted) or in flight
     bool final_flush_sent_ = false;
     region_stats stats_;
 };

@@ -88,17 +88,22 @@ public:
             return std::visit([](const auto& l) { return l.local_endpoint(); }, v_);
         }
         result<stream> accept() noexcept {
-            return std::visit(
-                [&](auto& l) -> result<stream> {
-                    auto s = l.accept();
-                    if (!s) return s.error();
-                    constexpr auto I = index_of<typename std::decay_t<decltype(*s)>>();
-                    return stream(std::in_place_index<I>, std::move(*s));
-                },
-                v_);
+            return [&]<std::size_t... I>(std::index_sequence<I...>) {
+                result<stream> out = errc::internal;
+                ((v_.index() == I ? (void)(out = accept_member<I>()) : void()), ...);
+                return out;
+            }
+            (std::index_sequence_for<T...>{});
         }
 
     private:
+        template <std::size_t I>
+        result<stream> accept_member() noexcept {
+            auto s = std::get<I>(v_).accept();
+            if (!s) return s.error();
+            return stream(std::in_place_index<I>, std::move(*s));
+        }
+
         std::variant<typename T::listener...> v_;
     };
 
@@ -124,24 +129,31 @@ public:
         return out;
     }
     bool is_loopback(const endpoint& ep) const noexcept {
-        return visit_member(ep, [](const auto& m, const auto& e) { return m.is_loopback(e); });
+        return visit_member(ep,
+                            [](const auto& m, const auto& e, auto) { return m.is_loopback(e); });
     }
     std::string to_string(const endpoint& ep) const {
-        return visit_member(ep, [](const auto& m, const auto& e) { return m.to_string(e); });
+        return visit_member(ep, [](const auto& m, const auto& e, auto) { return m.to_string(e); });
     }
     result<listener> listen(const endpoint& ep) noexcept {
-        return visit_member(ep, [&]<class M>(M& m, const auto& e) -> result<listener> {
-            auto l = m.listen(e);
-            if (!l) return l.error();
-            return listener(std::in_place_index<index_of<typename M::stream>()>, std::move(*l));
-        });
+        return visit_member(
+            ep,
+            [&]<std::size_t I>(auto& m, const auto& e,
+                               std::integral_constant<std::size_t, I>) -> result<listener> {
+                auto l = m.listen(e);
+                if (!l) return l.error();
+                return listener(std::in_place_index<I>, std::move(*l));
+            });
     }
     result<stream> connect(const endpoint& ep, std::chrono::milliseconds timeout) noexcept {
-        return visit_member(ep, [&]<class M>(M& m, const auto& e) -> result<stream> {
-            auto s = m.connect(e, timeout);
-            if (!s) return s.error();
-            return stream(std::in_place_index<index_of<typename M::stream>()>, std::move(*s));
-        });
+        return visit_member(
+            ep,
+            [&]<std::size_t I>(auto& m, const auto& e,
+                               std::integral_constant<std::size_t, I>) -> result<stream> {
+                auto s = m.connect(e, timeout);
+                if (!s) return s.error();
+                return stream(std::in_place_index<I>, std::move(*s));
+            });
     }
 
 private:
@@ -157,15 +169,6 @@ private:
         return transport_set(std::tuple<T...>(std::move(*std::get<I>(made))...), c.only);
     }
 
-    /// The index of the member whose stream type is `S`.
-    template <class S>
-    static constexpr std::size_t index_of() noexcept {
-        constexpr bool is[] = {std::is_same_v<S, typename T::stream>...};
-        for (std::size_t i = 0; i < sizeof...(T); ++i)
-            if (is[i]) return i;
-        return sizeof...(T);
-    }
-
     template <class F>
     void for_each_member(F&& f) const {
         [&]<std::size_t... I>(std::index_sequence<I...>) {
@@ -174,7 +177,8 @@ private:
         (std::index_sequence_for<T...>{});
     }
 
-    /// `f(member, member's endpoint)` for the member `ep` belongs to.
+    /// `f(member, member's endpoint, its index as an integral_constant)` for the member `ep`
+    /// belongs to.
     template <class F>
     decltype(auto) visit_member(const endpoint& ep, F&& f) const {
         return visit_impl(*this, ep, f);
@@ -186,9 +190,11 @@ private:
     template <class Self, class F>
     static decltype(auto) visit_impl(Self& self, const endpoint& ep, F& f) {
         return [&]<std::size_t... I>(std::index_sequence<I...>) {
-            using R = decltype(f(std::get<0>(self.members_), std::get<0>(ep)));
+            using R = decltype(f(std::get<0>(self.members_), std::get<0>(ep),
+                                 std::integral_constant<std::size_t, 0>{}));
             std::optional<R> out;
-            ((ep.index() == I ? (void)out.emplace(f(std::get<I>(self.members_), std::get<I>(ep)))
+            ((ep.index() == I ? (void)out.emplace(f(std::get<I>(self.members_), std::get<I>(ep),
+                                                    std::integral_constant<std::size_t, I>{}))
                               : void()),
              ...);
             return std::move(*out);

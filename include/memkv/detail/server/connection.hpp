@@ -67,9 +67,9 @@ public:
     connection(std::uint64_t id, channel_type ch, std::string tenant, std::uint64_t attach_id,
                shard_services<Store>& s, shard_identity shard, event_loop& loop,
                connection_marks& marks, stats_fn stats)
-        : id_(id), ch_(std::move(ch)), path_(ch_), tenant_(std::move(tenant)),
-          ledger_(attach_id, s.counters), s_(s), shard_(shard), loop_(loop), marks_(marks),
-          stats_(std::move(stats)) {}
+        : id_(id), ch_(std::move(ch)), path_(ch_, s.cfg.limits.max_chunk),
+          tenant_(std::move(tenant)), ledger_(attach_id, s.counters), s_(s), shard_(shard),
+          loop_(loop), marks_(marks), stats_(std::move(stats)) {}
     connection(const connection&) = delete;
     connection& operator=(const connection&) = delete;
 
@@ -151,8 +151,9 @@ public:
                        h.code() == opcode::stats ? stats_() : std::vector<std::byte>{});
             return frame_action::discard;
         case opcode::put:
-            // A PUT paused for its pulls is dispatched again on resume: start it only once.
-            if (ops_.contains(h.request_id)) return data(h);
+            // A PUT paused on its own frame is dispatched again on resume: start it only once
+            // (it may have been answered meanwhile: a refusal skips its value).
+            if (h.request_id == paused_put_ || ops_.contains(h.request_id)) return put_data(h);
             [[fallthrough]];
         case opcode::get:
         case opcode::del: {
@@ -161,7 +162,7 @@ public:
             if (!r) return malformed(r.error());
             if (r->op == opcode::put && !room_for_put()) return protocol_error();
             start(*r);
-            return r->op == opcode::put ? data(h) : frame_action::discard;
+            return r->op == opcode::put ? put_data(h) : frame_action::discard;
         }
         case opcode::exists:
             if (h.payload_len || !ledger_.begin(h.request_id)) return protocol_error();
@@ -229,7 +230,10 @@ public:
         mark(); // a connection paused over its cap may read again
     }
     void op_done(std::uint64_t id) override {
-        ops_.erase(id);
+        auto it = ops_.find(id);
+        if (it == ops_.end()) return;
+        if (std::holds_alternative<std::shared_ptr<record_write<Store>>>(it->second)) --puts_;
+        ops_.erase(it);
         mark();
     }
 
@@ -291,6 +295,7 @@ private:
         auto op =
             std::make_shared<record_write<Store>>(s_, *this, r.id, r.op, std::move(info), r.flags);
         ops_.emplace(r.id, op);
+        ++puts_;
         op->start();
     }
 
@@ -365,6 +370,13 @@ private:
         return frame_action::discard;
     }
 
+    /// data() for a PUT's own frame, remembering a pause on it (see paused_put_).
+    frame_action put_data(const protocol::frame_header& h) {
+        const auto a = data(h);
+        paused_put_ = a == frame_action::pause ? h.request_id : 0;
+        return a;
+    }
+
     /// Where the payload of a PUT or data frame goes (the data path decides), or a protocol
     /// error for bytes nothing expects.
     frame_action data(const protocol::frame_header& h) {
@@ -408,22 +420,27 @@ private:
         return false;
     }
 
-    /// PUTs in progress are bounded per connection (each holds engine space); a client that
-    /// opens more without sending their values is broken or hostile.
-    bool room_for_put() const noexcept { return ops_.size() < max_ops; }
-    static constexpr std::size_t max_ops = 4096;
+    /// PUTs in progress and refused values being drained are bounded per connection (each
+    /// holds engine space or path state); a client that opens more without sending their
+    /// values is broken or hostile.
+    bool room_for_put() const noexcept {
+        std::size_t skipped = 0;
+        if constexpr (requires { path_.skipped_transfers(); }) skipped = path_.skipped_transfers();
+        return puts_ + skipped < max_pending_puts;
+    }
+    static constexpr std::size_t max_pending_puts = 4096;
 
     /// True when this connection, holding `more` further buffers, is over its in-flight cap
     /// (held buffers and queued bytes) and something of it is under way whose end marks it
-    /// again (a store I/O or a frame being sent). Pulls waiting for this connection's own
-    /// input never stop it alone: PUTs whose chunks interleave would wait on each other
-    /// forever.
+    /// again (a store I/O or a frame being sent). Buffers of pulls not completed (partly filled,
+    /// waiting for this connection's own input) never stop it alone: PUTs whose chunks
+    /// interleave would wait on each other forever.
     bool over_cap(std::size_t more = 0) const noexcept {
         const std::size_t bytes = (held_ + more) * s_.pool.buffer_size() + path_.bytes_in_flight();
         if (bytes <= s_.cfg.connection_inflight_cap) return false;
         if (ch_.want_write()) return true;
-        if constexpr (requires { path_.waiting_pulls(); })
-            return held_ > path_.waiting_pulls();
+        if constexpr (requires { path_.open_pulls(); })
+            return held_ > path_.open_pulls();
         else
             return held_ > 0;
     }
@@ -471,6 +488,10 @@ private:
     stats_fn stats_;
     std::unordered_map<std::uint64_t, op_ptr> ops_;
     std::size_t held_ = 0; // pool buffers held by this connection's operations
+    std::size_t puts_ = 0; // record writes (PUT, DEL) in ops_
+    /// The PUT whose own frame the channel paused on (waiting for space or a buffer): its
+    /// re-dispatch on resume continues it even if it was answered meanwhile.
+    std::uint64_t paused_put_ = 0;
     std::uint32_t interest_ = 0;
     bool draining_ = false, dirty_ = false, dead_ = false;
 };

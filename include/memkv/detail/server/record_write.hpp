@@ -57,13 +57,16 @@ public:
     void start() {
         auto self = this->shared_from_this();
         reserve();
+        advance(); // a write refused at once fails it with nothing in flight
     }
 
     void retry() override {
         auto self = this->shared_from_this();
         if (finished_) return;
-        if (!ticket_) return reserve();
-        arm();
+        if (!ticket_)
+            reserve();
+        else
+            arm();
         advance();
     }
 
@@ -85,6 +88,7 @@ public:
         auto self = this->shared_from_this();
         wanted_ = std::max(wanted_, end);
         if (ticket_) arm();
+        advance();
     }
 
     /// The connection is gone.
@@ -172,7 +176,7 @@ private:
             info_.crcs[(off + at) / storage::crc_chunk_size] = crc32c(x.buf + at, n);
         }
         write_piece(x);
-        if (pulled_ == pieces_ && !header_written_) write_header();
+        if (pulled_ == pieces_ && !header_written_ && !failed_) write_header();
         arm();
     }
 

@@ -14,6 +14,7 @@
 #include <memkv/detail/server/completion_router.hpp>
 #include <memkv/detail/server/connection.hpp>
 #include <memkv/detail/server/shard_services.hpp>
+#include <memkv/detail/server/store_meta_submitter.hpp>
 #include <memkv/detail/server/store_sync_io.hpp>
 #include <memkv/detail/shard_counters.hpp>
 #include <memkv/server_config.hpp>
@@ -208,13 +209,9 @@ private:
     void take_inbox() {
         const bool stopping = stopping_.load(std::memory_order_acquire);
         for (auto& a : inbox_->take()) {
-            // The data path is the one the hello asked for (the acceptor checked that the
-            // listener carries it); stream transports have only the inline one.
-            if (!payload_inline(a->kind)) {
-                log_warn("shard {}: no {} data path in this server: connection closed", index_,
-                         transport_name(a->kind));
-                continue;
-            }
+            // The data path is the one the hello asked for; the acceptor let through only
+            // what the listener carries (transport rule 9), which for every transport of this
+            // release is the inline one. One-sided paths add their connection type here.
             const auto id = ++next_conn_id_;
             auto c = std::make_unique<connection_type>(
                 id, std::move(a->channel), std::move(a->tenant), a->attach_request_id, *services_,

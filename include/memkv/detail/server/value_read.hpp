@@ -52,11 +52,13 @@ public:
             return finish();
         }
         schedule();
+        finish(); // a read refused at once fails it with nothing in flight
     }
 
     void retry() override {
         auto self = this->shared_from_this();
         if (!done_) schedule();
+        finish();
     }
 
     void on_io(const io& x, std::int64_t res) {
@@ -160,8 +162,10 @@ private:
             const std::uint64_t pstart = p.index * bsize;
             const std::uint64_t from = std::max(pstart, range_off_);
             const std::uint64_t to = std::min(pstart + bsize, range_off_ + range_len_);
-            if (!head_out_ && host_->reply_rides_payload()) host_->announce_get(head());
-            head_out_ = true;
+            if (!head_out_ && host_->reply_rides_payload()) {
+                host_->announce_get(head());
+                head_out_ = true; // with the push below: bytes after it are the client's
+            }
             const auto tag = s_.tags.add(io{this->shared_from_this(), io_kind::push, p.buf, 0, 0});
             const protocol::payload_ref ref{id_, from - range_off_, to - from, range_len_};
             if (auto r = host_->push({p.buf + (from - pstart), to - from}, ref, tag); !r) {
@@ -231,7 +235,8 @@ private:
     std::uint64_t next_piece_ = 0, end_piece_ = 0; // pieces to read [next, end)
     std::deque<piece> pieces_;                     // being read or ready, in piece order
     unsigned reading_ = 0, pushing_ = 0;
-    bool head_out_ = false, last_pushed_ = false, done_ = false, unpinned_ = false;
+    bool head_out_ = false; // the reply head went out (rides the first push on stream paths)
+    bool last_pushed_ = false, done_ = false, unpinned_ = false;
 };
 
 } // namespace memkv::detail::server
