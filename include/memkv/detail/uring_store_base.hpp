@@ -3,6 +3,7 @@
 #pragma once
 
 #include <memkv/concepts.hpp>
+#include <memkv/detail/discard_worker.hpp>
 #include <memkv/detail/log.hpp>
 #include <memkv/detail/uring.hpp>
 #include <memkv/error.hpp>
@@ -13,6 +14,7 @@
 #include <cerrno>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <string_view>
 #include <utility>
@@ -20,8 +22,9 @@
 namespace memkv::detail {
 
 /// @brief The state and operations common to the io_uring stores: a window of `capacity()` bytes
-/// with I/O aligned to `block_size()`, an io_uring that carries the I/O, and synchronous discards
-/// whose completions are queued on that ring.
+/// with I/O aligned to `block_size()`, an io_uring that carries the I/O, and discards run by a
+/// discard_worker off the submitting thread, their completions signalled on the ring's
+/// eventfd.
 ///
 /// `Owner` is what keeps the store's files or devices open (its claims). It is declared before
 /// the ring, so that the ring, whose destruction waits for the operations the kernel still holds,
@@ -51,7 +54,17 @@ public:
     }
 
     /// Moves finished operations to `out`; never blocks.
-    std::size_t poll(std::span<io_completion> out) noexcept { return ring_.reap(out); }
+    std::size_t poll(std::span<io_completion> out) noexcept {
+        std::size_t n = ring_.reap(out);
+        const std::size_t k = discards_.reap(out.subspan(n));
+        for (std::size_t i = n; i < n + k; ++i) {
+            // The worker reports errnos: EOPNOTSUPP is counted as unsupported and succeeds.
+            const auto err = static_cast<int>(out[i].res);
+            if (err == EOPNOTSUPP) ++discards_unsupported_;
+            out[i].res = err == EOPNOTSUPP ? 0 : -err;
+        }
+        return n + k;
+    }
 
 protected:
     uring_store_base() noexcept = default;
@@ -82,20 +95,20 @@ protected:
         return {};
     }
 
-    /// Queues the completion of a discard done synchronously, given the errno it failed with (0:
-    /// it succeeded). EOPNOTSUPP is counted as unsupported and completes with success.
-    result<void> complete_discard(std::uint64_t tag, int err) noexcept {
-        std::int64_t res = 0;
-        if (err == EOPNOTSUPP)
-            ++discards_unsupported_;
-        else if (err != 0)
-            res = -err;
-        ring_.post(tag, res);
+    /// Runs discard `job` (returning 0 or an errno) off this thread; `tag` completes through
+    /// poll() with 0 or -errno, EOPNOTSUPP being counted as unsupported and a success.
+    result<void> submit_discard(std::uint64_t tag, std::function<int()> job) noexcept {
+        try {
+            discards_.post(tag, std::move(job), ring_.event_fd());
+        } catch (...) {
+            return errc::no_space; // the job could not even be queued
+        }
         return {};
     }
 
     Owner owner_; // the claims of the files or devices (see above for why first)
     uring ring_;
+    discard_worker discards_;    // after the ring and the claims: joined first
     std::uint64_t capacity_ = 0; // window length
     std::uint64_t discards_unsupported_ = 0;
     std::uint32_t block_size_ = 4096;

@@ -73,9 +73,10 @@ struct claimed_device {
 ///   crosses from one segment to the next fails with errc::invalid_argument and submits nothing**:
 ///   the engine never places a region across two devices, so a crossing is a bug.
 /// - read/write go through io_uring; flush is fdatasync of every device through io_uring (one
-///   completion when all are done); discard is ioctl(BLKDISCARD), synchronous, its completion
-///   queued; a device without discard support counts it (`discards_unsupported()`) and reports
-///   success. TRIM may or may not zero the range (concept rule 5).
+///   completion when all are done); discard is ioctl(BLKDISCARD) on a worker thread
+///   (detail::discard_worker), its completion coming back through poll(); a device without
+///   discard support counts it (`discards_unsupported()`) and reports success. TRIM may or may not
+///   zero the range (concept rule 5).
 class block_store
     : public detail::uring_store_base<std::vector<std::shared_ptr<const detail::claimed_device>>> {
 public:
@@ -224,13 +225,17 @@ public:
     }
     /// fdatasync of every device through io_uring; one completion (0 or the first -errno).
     result<void> flush(std::uint64_t tag) noexcept { return ring_.fsync(flush_fds_, true, tag); }
-    /// BLKDISCARD over the range, synchronously; the completion carries 0 or -errno.
+    /// BLKDISCARD over the range, on the discard worker (the caller never waits for the
+    /// device); the completion carries 0 or -errno.
     result<void> discard(std::uint64_t offset, std::uint64_t length, std::uint64_t tag) noexcept {
         auto m = locate(offset, length, nullptr);
         if (!m) return m.error();
-        std::uint64_t range[2] = {m->second, length};
-        const bool failed = length != 0 && ::ioctl(m->first, BLKDISCARD, range) != 0;
-        return complete_discard(tag, failed ? errno : 0);
+        const int fd = m->first;
+        const std::uint64_t at = m->second;
+        return submit_discard(tag, [fd, at, length] {
+            std::uint64_t range[2] = {at, length};
+            return length == 0 || ::ioctl(fd, BLKDISCARD, range) == 0 ? 0 : errno;
+        });
     }
 
 private:

@@ -60,10 +60,10 @@ struct claimed_file {
 ///   With `direct_mode::auto_`, a refusal (EINVAL at open, or on a probe read of one block) falls
 ///   back to buffered I/O with a warning; `direct()` says which is in use.
 /// - read/write go through io_uring (`detail::uring`); flush is fdatasync through io_uring;
-///   discard punches a hole (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE) synchronously and queues
-///   its completion. A hole reads back as zeros, which nothing may rely on (concept rule 5).
-///   Rewriting a punched range allocates again, so a write can then fail with -ENOSPC if the
-///   filesystem filled up meanwhile.
+///   discard punches a hole (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE) on a worker thread
+///   (detail::discard_worker), its completion coming back through poll(). A hole reads back as
+///   zeros, which nothing may rely on (concept rule 5). Rewriting a punched range allocates again,
+///   so a write can then fail with -ENOSPC if the filesystem filled up meanwhile.
 /// - Offsets given to read/write/discard are relative to the window.
 /// - **The window is owned exclusively**: create() takes an OFD write lock (F_OFD_SETLK) on the
 ///   window's byte range of the file and holds it for the lifetime of the store. Another
@@ -220,15 +220,19 @@ public:
     }
     /// fdatasync through io_uring: completes after every write completed before it is durable.
     result<void> flush(std::uint64_t tag) noexcept { return ring_.fsync(fd(), true, tag); }
-    /// Punches a hole over the range (synchronously); the completion carries 0 or -errno. A
-    /// filesystem without hole punching counts the discard and reports success.
+    /// Punches a hole over the range, on the discard worker (the caller never waits for it);
+    /// the completion carries 0 or -errno. A filesystem without hole punching counts the
+    /// discard and reports success.
     result<void> discard(std::uint64_t offset, std::uint64_t length, std::uint64_t tag) noexcept {
         MEMKV_TRY(check_range(offset, length, nullptr));
-        const bool failed =
-            length != 0 &&
-            ::fallocate(fd(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-                        static_cast<off_t>(offset_ + offset), static_cast<off_t>(length)) != 0;
-        return complete_discard(tag, failed ? errno : 0);
+        const int f = fd();
+        const auto at = static_cast<off_t>(offset_ + offset);
+        const auto len = static_cast<off_t>(length);
+        return submit_discard(tag, [f, at, len] {
+            if (len == 0) return 0;
+            return ::fallocate(f, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, at, len) == 0 ? 0
+                                                                                            : errno;
+        });
     }
 
 private:
